@@ -1,0 +1,54 @@
+"""MLflow bookkeeping shared by all stages: one parent run per pipeline call, one nested run per stage.
+
+Runs are opened with ``mlflow.start_run`` as a context manager, which ends them FAILED when an
+exception (KeyboardInterrupt and SystemExit included) leaves the block: no run is left RUNNING.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from omegaconf import DictConfig, OmegaConf
+
+
+def setup(tracking_uri: str, experiment: str) -> None:
+    """Point MLflow at the store and create the experiment (and the SQLite schema) once."""
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+
+
+def scalar_params(cfg: Mapping, prefix: str = "") -> dict[str, str | int | float | bool]:
+    """Flatten a config into ``a.b.c -> value`` for scalar leaves (lists as their string)."""
+    out = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(scalar_params(value, prefix=f"{name}."))
+        elif value is None or isinstance(value, (str, int, float, bool)):
+            out[name] = value
+        else:
+            out[name] = str(list(value)) if not isinstance(value, str) else value
+    return out
+
+
+@contextmanager
+def stage_run(stage: str, cfg: DictConfig, groups: tuple[str, ...] = (), tags: Mapping | None = None,
+              system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
+    """A nested run tagged ``stage``, with the scalar settings of ``groups`` as params and the
+    resolved config as an artifact."""
+    run_tags = {"stage": stage, **(tags or {})}
+    with mlflow.start_run(run_name=stage, nested=mlflow.active_run() is not None, tags=run_tags,
+                          log_system_metrics=system_metrics) as run:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        params = {}
+        for group in groups:
+            params.update(scalar_params(resolved.get(group) or {}, prefix=f"{group}."))
+        params["seed"] = resolved.get("seed")
+        mlflow.log_params(params)
+        mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
+        yield run

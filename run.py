@@ -1,0 +1,99 @@
+"""The one entry point: fractals -> pre-trained backbone -> anomaly detection, tracked in MLflow.
+
+    python run.py                                  # small CPU job on the built-in dataset
+    python run.py +experiment=imagenet_patchcore   # swap whole config groups
+    python run.py -m backbone=fractal,random detector=patchcore,padim   # sweep
+
+Each stage is a plain function (config in, record out) in its own package; this file only
+composes the config, seeds, opens the MLflow runs and calls the stages in order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+# glibc returns large freed blocks to the OS only above this threshold; without it anomalib's
+# coreset selection fragments the heap and can grow by ~20 MB per iteration (HOUSE_STYLE.md).
+# glibc reads it at start-up, so set it and re-execute once, before anything heavy is imported.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
+
+if __name__ == "__main__" and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+
+import hydra  # noqa: E402
+import lightning as L  # noqa: E402
+import mlflow  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from detectors.backbone import resolve_backbone  # noqa: E402
+from detectors.detect import detect  # noqa: E402
+from evaluation import tracking  # noqa: E402
+from evaluation.metrics import HEADLINE, format_table  # noqa: E402
+from fractal_pretrain.generate import generate  # noqa: E402
+from fractal_pretrain.pretrain import pretrain  # noqa: E402
+
+OmegaConf.register_new_resolver("project_root", lambda: str(ROOT), replace=True)
+STAGES = ("generate", "pretrain", "detect")
+
+
+def run_pipeline(cfg: DictConfig) -> dict[str, float]:
+    """Run the configured stages under one parent MLflow run; return the detect metrics."""
+    unknown = [s for s in cfg.stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}; choose from {list(STAGES)}")
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tracking.setup(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)
+    # fractal weights are made here unless an export was given; other backbones skip to detect
+    makes_backbone = cfg.backbone.source == "fractal" and not cfg.backbone.weights
+    tags = {"backbone": cfg.backbone.source, "arch": cfg.backbone.arch, "detector": cfg.detector.name,
+            "dataset": cfg.dataset.name, "category": cfg.dataset.category, "seed": str(cfg.seed)}
+
+    bank_path = export_dir = pretrain_run_id = None
+    metrics: dict[str, float] = {}
+    with mlflow.start_run(run_name=f"{cfg.backbone.source}-{cfg.detector.name}-{cfg.dataset.category}",
+                          tags={**tags, "stage": "pipeline"}):
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        if "generate" in cfg.stages and makes_backbone:
+            L.seed_everything(cfg.seed, workers=True)
+            with tracking.stage_run("generate", cfg, groups=("fractal",), tags=tags):
+                bank_path = generate(cfg, out_dir / "fractals").bank_path
+        if "pretrain" in cfg.stages and makes_backbone:
+            if bank_path is None:
+                raise ValueError("the pretrain stage needs the generate stage in the same call: "
+                                 "stages=[generate,pretrain,...]")
+            L.seed_everything(cfg.seed, workers=True)
+            with tracking.stage_run("pretrain", cfg, groups=("fractal", "pretrain", "backbone", "trainer"),
+                                    tags=tags, system_metrics=cfg.mlflow.system_metrics) as run:
+                export_dir = pretrain(cfg, bank_path, out_dir / "pretrain").export_dir
+                pretrain_run_id = run.info.run_id
+        if "detect" in cfg.stages:
+            # re-seed so detection draws (random init, coreset) do not depend on earlier stages
+            L.seed_everything(cfg.seed, workers=True)
+            upstream = {"pretrain_run_id": pretrain_run_id} if pretrain_run_id else {}
+            with tracking.stage_run("detect", cfg, groups=("backbone", "detector", "dataset", "trainer"),
+                                    tags={**tags, **upstream}):
+                backbone = resolve_backbone(cfg.backbone, export_dir, out_dir)
+                mlflow.set_tags({"weights": backbone.weights, "normalization": cfg.backbone.normalization})
+                mlflow.log_params({"input_mean": str(backbone.mean), "input_std": str(backbone.std)})
+                metrics = detect(cfg, backbone, out_dir / "detect").metrics
+            mlflow.log_metrics({k: metrics[k] for k in HEADLINE if k in metrics})
+            print("\n" + format_table([{**tags, **metrics}]) + "\n")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    # a plain `kill` ends the runs as FAILED too, instead of leaving them RUNNING
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    metrics = run_pipeline(cfg)
+    return metrics.get(cfg.objective)
+
+
+if __name__ == "__main__":
+    main()
