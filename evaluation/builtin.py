@@ -74,6 +74,7 @@ def make_builtin_dataset(
         return root
 
     root.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(root)
     tmp = root.parent / f"{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)  # leftover of an earlier, interrupted run of this pid
     try:
@@ -93,9 +94,29 @@ def make_builtin_dataset(
     return root
 
 
+def _remove_stale_builds(root: Path) -> None:
+    """Delete ``<root>.tmp-<pid>`` folders left by interrupted runs whose process is gone."""
+    prefix = f"{root.name}.tmp-"
+    for tmp in root.parent.iterdir():
+        pid = tmp.name[len(prefix):]
+        if not tmp.name.startswith(prefix) or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass  # exists but is not ours (PermissionError): leave it alone
+
+
 def _params(seed: int, image_size: int, n_train: int, n_test_good: int, n_test_defect: int) -> dict:
-    values = dict(seed=seed, image_size=image_size, n_train=n_train, n_test_good=n_test_good,
-                  n_test_defect=n_test_defect)
+    values = {
+        "seed": seed,
+        "image_size": image_size,
+        "n_train": n_train,
+        "n_test_good": n_test_good,
+        "n_test_defect": n_test_defect,
+    }
     for key, value in values.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise TypeError(f"make_builtin_dataset: {key} must be an int, got {value!r}")

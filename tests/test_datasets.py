@@ -1,0 +1,256 @@
+"""Built-in procedural dataset (evaluation.builtin) and layout validation (evaluation.datasets).
+
+CPU only, no network, a few seconds: every test generates small datasets under pytest's tmp_path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `evaluation` without installing
+
+from evaluation.builtin import CATEGORIES, DEFECTS, make_builtin_dataset  # noqa: E402
+from evaluation.datasets import DATASETS, DatasetError, validate_layout  # noqa: E402
+
+SMALL = dict(image_size=64, n_train=3, n_test_good=2, n_test_defect=2)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """The default-sized built-in dataset, generated once for the read-only tests."""
+    return make_builtin_dataset(tmp_path_factory.mktemp("builtin") / "ds", seed=0)
+
+
+@pytest.fixture
+def small(tmp_path) -> Path:
+    """A small private copy for tests that damage it."""
+    return make_builtin_dataset(tmp_path / "ds", seed=3, **SMALL)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation.builtin
+# ---------------------------------------------------------------------------------------------
+
+
+def test_layout_and_counts(dataset):
+    assert json.loads((dataset / "builtin.json").read_text())["seed"] == 0
+    assert sorted(p.name for p in dataset.iterdir()) == sorted([*CATEGORIES, "builtin.json"])
+    assert not list(dataset.parent.glob("*.tmp-*")), "temporary build folder left behind"
+    for category in CATEGORIES:
+        c = dataset / category
+        assert sorted(p.name for p in c.iterdir()) == ["ground_truth", "test", "train"]
+        assert sorted(p.name for p in (c / "train").iterdir()) == ["good"]
+        assert sorted(p.name for p in (c / "test").iterdir()) == sorted(["good", *DEFECTS])
+        assert sorted(p.name for p in (c / "ground_truth").iterdir()) == sorted(DEFECTS)
+        assert [p.name for p in sorted((c / "train/good").iterdir())] == [f"{i:03d}.png" for i in range(32)]
+        assert [p.name for p in sorted((c / "test/good").iterdir())] == [f"{i:03d}.png" for i in range(8)]
+        for defect in DEFECTS:
+            assert [p.name for p in sorted((c / "test" / defect).iterdir())] == [f"{i:03d}.png" for i in range(4)]
+            masks = sorted((c / "ground_truth" / defect).iterdir())
+            assert [p.name for p in masks] == [f"{i:03d}_mask.png" for i in range(4)]
+        with Image.open(c / "train/good/000.png") as image:
+            assert (image.mode, image.size) == ("RGB", (128, 128))
+
+
+def test_same_seed_is_byte_identical_other_seed_differs(tmp_path):
+    a = _files(make_builtin_dataset(tmp_path / "a", seed=7, **SMALL))
+    b = _files(make_builtin_dataset(tmp_path / "b", seed=7, **SMALL))
+    c = _files(make_builtin_dataset(tmp_path / "c", seed=8, **SMALL))
+    assert a == b
+    assert a.keys() == c.keys()
+    images = [k for k in a if k.endswith(".png") and "/ground_truth/" not in k]
+    assert all(a[k] != c[k] for k in images), "a different seed must change every image"
+
+
+def test_normal_images_vary(dataset):
+    for category in CATEGORIES:
+        digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (dataset / category / "train/good").iterdir()}
+        assert len(digests) == 32
+
+
+def test_masks_are_exact_and_binary(dataset):
+    for category in CATEGORIES:
+        c = dataset / category
+        for defect in DEFECTS:
+            for image_path in sorted((c / "test" / defect).iterdir()):
+                mask_path = c / "ground_truth" / defect / f"{image_path.stem}_mask.png"
+                with Image.open(image_path) as image, Image.open(mask_path) as mask:
+                    assert mask.mode == "L" and mask.size == image.size
+                    m = np.asarray(mask)
+                assert set(np.unique(m).tolist()) == {0, 255}, mask_path
+                assert 0.005 <= (m > 0).mean() <= 0.05, f"{mask_path}: coverage {(m > 0).mean():.4f}"
+
+
+def test_mask_marks_exactly_the_altered_pixels(tmp_path):
+    """Regenerating the normal image a defect image started from shows the mask is pixel-exact."""
+    from evaluation import builtin
+
+    root = make_builtin_dataset(tmp_path / "ds", seed=5, **SMALL)
+    for c, category in enumerate(CATEGORIES):
+        for k, defect in enumerate(DEFECTS):
+            rng = np.random.default_rng([5, c, 2 + k, 0])
+            normal, shape = builtin._NORMALS[category](rng, SMALL["image_size"])
+            image = np.asarray(Image.open(root / category / "test" / defect / "000.png"))
+            mask = np.asarray(Image.open(root / category / "ground_truth" / defect / "000_mask.png")) > 0
+            np.testing.assert_array_equal(mask, (image != normal).any(axis=2))
+            assert not (mask & ~shape.allowed).any(), "defect outside the object"
+
+
+def test_good_test_images_have_no_mask(dataset):
+    for category in CATEGORIES:
+        gt = dataset / category / "ground_truth"
+        # MVTec convention: masks exist only for defect folders; nothing for test/good.
+        assert not (gt / "good").exists()
+        assert sorted(p.name for p in gt.iterdir()) == sorted(DEFECTS)
+        n_masks = sum(1 for _ in gt.rglob("*.png"))
+        assert n_masks == sum(1 for d in DEFECTS for _ in (dataset / category / "test" / d).iterdir())
+
+
+def test_reuses_matching_folder_and_rejects_mismatch(tmp_path):
+    root = make_builtin_dataset(tmp_path / "ds", seed=1, **SMALL)
+    marker = root / "weave/train/good/000.png"
+    before = marker.stat().st_mtime_ns
+    assert make_builtin_dataset(tmp_path / "ds", seed=1, **SMALL) == root
+    assert marker.stat().st_mtime_ns == before, "matching dataset must be reused, not rewritten"
+    with pytest.raises(FileExistsError, match=r"(?s)ds.*seed.*dataset\.root"):
+        make_builtin_dataset(tmp_path / "ds", seed=2, **SMALL)
+    with pytest.raises(FileExistsError, match="n_train"):
+        make_builtin_dataset(tmp_path / "ds", seed=1, **{**SMALL, "n_train": 4})
+    other = tmp_path / "not_builtin"
+    other.mkdir()
+    (other / "something.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not_builtin"):
+        make_builtin_dataset(other, **SMALL)
+
+
+def test_anomalib_mvtecad_loads_builtin(dataset):
+    from anomalib.data import MVTecAD  # slow import, only here
+
+    datamodule = MVTecAD(root=dataset, category="weave", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    datamodule.setup()
+    assert len(datamodule.train_data) == 32
+    assert len(datamodule.test_data) == 8 + 4 * len(DEFECTS)
+    n_defect = 0
+    for i in range(len(datamodule.test_data)):
+        item = datamodule.test_data[i]
+        assert tuple(item.image.shape) == (3, 128, 128)
+        if Path(item.image_path).parent.name == "good":
+            assert int(item.gt_label) == 0 and int(item.gt_mask.sum()) == 0
+        else:
+            n_defect += 1
+            assert int(item.gt_label) == 1
+            assert Path(item.mask_path).name == f"{Path(item.image_path).stem}_mask.png"
+            assert Path(item.mask_path).parent.name == Path(item.image_path).parent.name
+            assert int(item.gt_mask.sum()) > 0
+    assert n_defect == 4 * len(DEFECTS)
+    batch = next(iter(datamodule.train_dataloader()))
+    assert tuple(batch.image.shape) == (4, 3, 128, 128)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation.datasets
+# ---------------------------------------------------------------------------------------------
+
+
+def test_registry():
+    assert len(DATASETS["mvtec"]) == 15 and "metal_nut" in DATASETS["mvtec"]
+    assert len(DATASETS["visa"]) == 12 and "pipe_fryum" in DATASETS["visa"]
+    assert len(DATASETS["mvtec_loco"]) == 5
+    assert DATASETS["builtin"] == CATEGORIES
+
+
+def test_validate_builtin_ok(dataset):
+    for category in CATEGORIES:
+        assert validate_layout("builtin", dataset, category) == dataset / category
+
+
+def test_unknown_dataset(tmp_path):
+    with pytest.raises(DatasetError, match=r"Unknown dataset name 'mvtecc'.*mvtec, visa, mvtec_loco, builtin"):
+        validate_layout("mvtecc", tmp_path, "bottle")
+
+
+def test_unknown_category(tmp_path):
+    with pytest.raises(DatasetError, match=r"Unknown category 'botle'.*bottle, cable, capsule.*zipper"):
+        validate_layout("mvtec", tmp_path, "botle")
+    with pytest.raises(DatasetError, match=r"weave, tiles, washer"):
+        validate_layout("builtin", tmp_path, "bottle")
+
+
+def test_missing_root(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DatasetError, match=r"(?s)nowhere does not exist.*MVTec website.*dataset\.root="):
+        validate_layout("mvtec", missing, "bottle")
+    with pytest.raises(DatasetError, match=r"(?s)spot-diff.*anomalib"):
+        validate_layout("visa", missing, "pcb1")
+    with pytest.raises(DatasetError, match=r"generated automatically"):
+        validate_layout("builtin", missing, "weave")
+
+
+def test_missing_category_folder(small):
+    import shutil
+
+    shutil.rmtree(small / "tiles")
+    with pytest.raises(DatasetError, match=r"Category folder .*tiles not found"):
+        validate_layout("builtin", small, "tiles")
+    with pytest.raises(DatasetError, match=r"looks like a category folder"):
+        validate_layout("builtin", small / "weave", "weave")
+
+
+def test_missing_or_empty_train_good(small):
+    import shutil
+
+    for p in (small / "weave/train/good").iterdir():
+        p.unlink()
+    with pytest.raises(DatasetError, match=r"train/good holds no images"):
+        validate_layout("builtin", small, "weave")
+    shutil.rmtree(small / "weave/train/good")
+    with pytest.raises(DatasetError, match=r"Missing folder .*train/good"):
+        validate_layout("builtin", small, "weave")
+
+
+def test_missing_test(small):
+    import shutil
+
+    shutil.rmtree(small / "washer/test")
+    with pytest.raises(DatasetError, match=r"Missing folder .*washer/test"):
+        validate_layout("builtin", small, "washer")
+
+
+def test_corrupt_image(small):
+    bad = small / "tiles/test/hole/001.png"
+    bad.write_bytes(b"this is not a png at all")
+    with pytest.raises(DatasetError, match=r"(?s)tiles/test/hole/001\.png.*re-download"):
+        validate_layout("builtin", small, "tiles")
+
+
+def test_truncated_image(small):
+    bad = small / "weave/train/good/002.png"
+    bad.write_bytes(bad.read_bytes()[:-200])
+    with pytest.raises(DatasetError, match=r"weave/train/good/002\.png"):
+        validate_layout("builtin", small, "weave")
+
+
+def test_mask_size_mismatch(small):
+    mask = small / "washer/ground_truth/stain/000_mask.png"
+    Image.new("L", (32, 40), 0).save(mask)
+    with pytest.raises(DatasetError, match=r"(?s)000_mask\.png is 32x40.*test/stain/000\.png is 64x64"):
+        validate_layout("builtin", small, "washer")
+
+
+def test_plain_mask_name_is_checked_too(small):
+    gt = small / "washer/ground_truth/stain"
+    (gt / "001_mask.png").unlink()
+    Image.new("L", (10, 10), 0).save(gt / "001.png")
+    with pytest.raises(DatasetError, match=r"ground_truth/stain/001\.png is 10x10"):
+        validate_layout("builtin", small, "washer")
