@@ -97,7 +97,7 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path) -> DetectRe
     csv_path = write_csv(out_dir / "metrics.csv", {"dataset": d.name, "category": d.category,
                                                    "backbone": backbone.source,
                                                    "detector": cfg.detector.name, **metrics})
-    images = pick_images(out_dir / "images", cfg.detector.log_images)
+    images = pick_images(Path(engine.trainer.default_root_dir) / "images", cfg.detector.log_images)
     if mlflow.active_run():
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(csv_path))

@@ -1,34 +1,45 @@
 """Iterated function systems: sampling, storage and the per-render jitter.
 
-Sampling follows Anderson & Farrell, "Improving Fractal Pre-training" (WACV 2022), as used by
-Ugwu et al. (CVPR-W 2024): N in {2, 3, 4} affine maps x -> A_k x + b_k with
-A_k = R(theta) diag(s1, s2) R(phi) D, and singular values drawn so that the "sigma factor"
-sum_k (s1_k + 2 s2_k) lands in ((5 + N) / 2, (6 + N) / 2). That constraint is what keeps the
-attractors between dust and blobs.
+Two samplers, chosen by ``fractal.sampler``:
 
-Pure numpy. Every function takes an explicit ``np.random.Generator``; nothing here touches global
-random state. Systems are stored as .npz (never pickle) with a format version.
+* ``anderson_farrell`` (default; Anderson & Farrell, "Improving Fractal Pre-training", WACV 2022,
+  as used by Ugwu et al., CVPR-W 2024): N in {2, 3, 4} affine maps x -> A_k x + b_k with
+  A_k = R(theta) diag(s1, s2) R(phi) D, singular values drawn so that the "sigma factor"
+  sum_k (s1_k + 2 s2_k) lands in ((5 + N) / 2, (6 + N) / 2), b_k in U(-1, 1)^2. That constraint is
+  what keeps the attractors between dust and blobs.
+* ``fractaldb`` (Kataoka et al., "Pre-training without Natural Images", ACCV 2020): the six
+  parameters of every map uniform in (-1, 1), N uniform in {2..7}, a system accepted only if its
+  binary rendering fills at least ``fill_rate`` of the image (their random search).
+
+Map probabilities are p_k proportional to |det A_k| for both. Pure numpy apart from the fill-ratio
+check of the FractalDB search (which renders). Every function takes an explicit
+``np.random.Generator``; nothing here touches global random state. Systems are stored as .npz
+(never pickle) with a format version and a JSON metadata string (family, sampler).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 1
-MAX_MAPS = 4
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # v1 had no metadata
+MAX_MAPS = 4  # Anderson & Farrell; FractalDB banks are padded to their own largest N
+SAMPLERS = ("anderson_farrell", "fractaldb")
 
 
 @dataclass(frozen=True)
 class SystemBank:
-    """A set of IFS systems, padded to ``MAX_MAPS`` maps; unused maps have probability 0."""
+    """A set of IFS systems, padded to a common number of maps; unused maps are all zero."""
 
-    A: np.ndarray  # (S, MAX_MAPS, 2, 2) float64
-    b: np.ndarray  # (S, MAX_MAPS, 2) float64
+    A: np.ndarray  # (S, M, 2, 2) float64
+    b: np.ndarray  # (S, M, 2) float64
     n_maps: np.ndarray  # (S,) int64
     labels: np.ndarray  # (S,) int64, the class of each system
+    meta: dict = field(default_factory=dict, compare=False)  # family, sampler, ...: JSON-able
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -37,9 +48,16 @@ class SystemBank:
     def num_classes(self) -> int:
         return int(self.labels.max()) + 1 if len(self.labels) else 0
 
+    @property
+    def family(self) -> str | None:
+        return self.meta.get("family")
+
     def system(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         n = int(self.n_maps[i])
         return self.A[i, :n], self.b[i, :n]
+
+    def class_systems(self, c: int) -> np.ndarray:
+        return np.flatnonzero(self.labels == c)
 
     def save(self, path: str | Path) -> Path:
         """Write atomically: a reader never sees a half-written bank."""
@@ -47,7 +65,7 @@ class SystemBank:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, format_version=FORMAT_VERSION, A=self.A, b=self.b, n_maps=self.n_maps,
-                 labels=self.labels)
+                 labels=self.labels, meta=np.array(json.dumps(self.meta, sort_keys=True)))
         tmp.replace(path)
         return path
 
@@ -55,10 +73,11 @@ class SystemBank:
     def load(cls, path: str | Path) -> "SystemBank":
         with np.load(path, allow_pickle=False) as f:
             version = int(f["format_version"])
-            if version != FORMAT_VERSION:
+            if version not in READABLE_VERSIONS:
                 raise ValueError(f"{path}: IFS bank format {version}, this code reads "
-                                 f"{FORMAT_VERSION}; regenerate it with the generate stage.")
-            return cls(A=f["A"], b=f["b"], n_maps=f["n_maps"], labels=f["labels"])
+                                 f"{READABLE_VERSIONS}; regenerate it with the generate stage.")
+            meta = json.loads(str(f["meta"])) if "meta" in f else {}
+            return cls(A=f["A"], b=f["b"], n_maps=f["n_maps"], labels=f["labels"], meta=meta)
 
 
 def rotation(angle: float) -> np.ndarray:
@@ -104,35 +123,85 @@ def sample_system(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return A, b
 
 
+def sigma_factor(A: np.ndarray) -> float:
+    """sum_k (s1_k + 2 s2_k) from the singular values of the maps (Anderson & Farrell, eq. 3)."""
+    s = np.linalg.svd(A, compute_uv=False)
+    return float((s[:, 0] + 2.0 * s[:, 1]).sum())
+
+
+def fill_ratio(A: np.ndarray, b: np.ndarray, size: int = 256, n_points: int = 100_000,
+               seed: int = 0) -> float:
+    """Fraction of pixels hit by the chaos game in a window fitted to the attractor's bounding box
+    (FractalDB's "filling rate"); 0 for a walk that diverges."""
+    from fractal_pretrain.render import fitted_fill_ratio  # render imports this module
+
+    return fitted_fill_ratio(A, b, size, n_points, seed)
+
+
+def sample_system_fractaldb(rng: np.random.Generator, fill_rate: float = 0.2,
+                            maps: tuple[int, int] = (2, 7), fill_size: int = 256,
+                            fill_points: int = 100_000, max_tries: int = 10_000):
+    """FractalDB random search: all six parameters of each map in U(-1, 1), N uniform in ``maps``
+    (inclusive), redrawn until the binary rendering fills >= ``fill_rate`` of the image."""
+    for _ in range(max_tries):
+        n = int(rng.integers(maps[0], maps[1] + 1))
+        params = rng.uniform(-1.0, 1.0, size=(n, 6))
+        A, b = params[:, :4].reshape(n, 2, 2), params[:, 4:].copy()
+        if fill_ratio(A, b, fill_size, fill_points, int(rng.integers(2**62))) >= fill_rate:
+            return A, b
+    raise RuntimeError(f"no FractalDB system reached fill rate {fill_rate} in {max_tries} tries")
+
+
 def map_probabilities(A: np.ndarray) -> np.ndarray:
     """p_k proportional to |det A_k|; a tiny floor keeps degenerate (s2 = 0) maps reachable."""
     det = np.abs(np.linalg.det(A)) + 1e-6
     return det / det.sum()
 
 
-def sample_bank(num_classes: int, systems_per_class: int, seed: int) -> SystemBank:
-    """Sample ``num_classes * systems_per_class`` systems; system j of class c has its own stream."""
+def sample_bank(num_classes: int, systems_per_class: int, seed: int,
+                sampler: str = "anderson_farrell", meta: dict | None = None,
+                **sampler_args) -> SystemBank:
+    """Sample ``num_classes * systems_per_class`` systems; system j has its own stream
+    (seed, j), so a bank's first systems do not change when more classes are added."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown IFS sampler {sampler!r}; choose from {SAMPLERS}")
     S = num_classes * systems_per_class
-    A = np.zeros((S, MAX_MAPS, 2, 2))
-    b = np.zeros((S, MAX_MAPS, 2))
-    n_maps = np.zeros(S, dtype=np.int64)
-    labels = np.repeat(np.arange(num_classes, dtype=np.int64), systems_per_class)
+    systems = []
     for i in range(S):
         rng = np.random.default_rng([seed, 0x1F5, i])
-        Ai, bi = sample_system(rng)
+        if sampler == "anderson_farrell":
+            systems.append(sample_system(rng))
+        else:
+            systems.append(sample_system_fractaldb(rng, **sampler_args))
+    width = max([MAX_MAPS] + [len(Ai) for Ai, _ in systems])
+    A = np.zeros((S, width, 2, 2))
+    b = np.zeros((S, width, 2))
+    n_maps = np.zeros(S, dtype=np.int64)
+    for i, (Ai, bi) in enumerate(systems):
         n = len(Ai)
         A[i, :n], b[i, :n], n_maps[i] = Ai, bi, n
-    return SystemBank(A=A, b=b, n_maps=n_maps, labels=labels)
+    labels = np.repeat(np.arange(num_classes, dtype=np.int64), systems_per_class)
+    meta = {"sampler": sampler, "seed": seed, **(meta or {})}
+    return SystemBank(A=A, b=b, n_maps=n_maps, labels=labels, meta=meta)
+
+
+def spectral_norm2(M: np.ndarray) -> float:
+    """Largest singular value of a 2x2 matrix in closed form (the renderer uses the same)."""
+    a, b_, c, d = M[0, 0], M[0, 1], M[1, 0], M[1, 1]
+    t = a * a + b_ * b_ + c * c + d * d
+    det = a * d - b_ * c
+    return float(np.sqrt(0.5 * (t + np.sqrt(max(t * t - 4.0 * det * det, 0.0)))))
 
 
 def jitter(A: np.ndarray, b: np.ndarray, rng: np.random.Generator,
            low: float = 0.8, high: float = 1.1) -> tuple[np.ndarray, np.ndarray]:
     """Scale one random map's parameters by U(low, high); keep the original if that map would
-    stop being a contraction (largest singular value >= 1)."""
+    stop being a contraction (largest singular value >= 1). The renderer does the same inside
+    its kernel; this numpy version is the reference for tests and the torch path."""
     k = int(rng.integers(len(A)))
     factor = rng.uniform(low, high)
     Ak = A[k] * factor
-    if np.linalg.norm(Ak, ord=2) >= 1.0:
+    if spectral_norm2(Ak) >= 1.0:
         return A, b
     A, b = A.copy(), b.copy()
     A[k], b[k] = Ak, b[k] * factor

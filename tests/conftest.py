@@ -1,0 +1,57 @@
+"""Shared fixtures: real Hydra composition of the project's configs at tiny sizes, in temp folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+import run  # registers the ${project_root:} resolver the configs use
+
+CONF_DIR = str(run.ROOT / "conf")
+
+# Small enough for seconds on 2 CPU cores, large enough to exercise every stage for real.
+TINY = [
+    "fractal.num_classes=3",
+    "fractal.render.size=32",
+    "fractal.render.n_points=2000",
+    "pretrain.max_steps=4",
+    "pretrain.batch_size=8",
+    "pretrain.renders_per_system=8",
+    "pretrain.val_renders_per_system=4",
+    "pretrain.val_every_n_epochs=1",
+    "dataset.image_size=64",
+    "detector.log_images=2",
+    "mlflow.system_metrics=false",
+]
+
+
+def compose_config(out_dir: Path, *overrides: str, data_dir: Path | None = None) -> DictConfig:
+    """The real config tree with TINY sizes, every output (MLflow store included) under ``out_dir``."""
+    paths = [f"paths.outputs_dir={out_dir}", f"paths.output_dir={out_dir}/job"]
+    if data_dir is not None:
+        paths.append(f"paths.data_dir={data_dir}")
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=[*TINY, *paths, *overrides])
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """One built-in dataset for the whole session (generated on first use by the detect stage)."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def tiny_config(tmp_path, data_dir):
+    def make(*overrides: str, out_dir: Path | None = None) -> DictConfig:
+        return compose_config(out_dir or tmp_path, *overrides, data_dir=data_dir)
+    return make
+
+
+def runs_of(tracking_uri: str, experiment: str = "fractal-ad"):
+    """All runs of the experiment as a DataFrame (MLflow's own query API)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.search_runs(experiment_names=[experiment])

@@ -1,0 +1,45 @@
+"""Every experiment and config option composes and points at real objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import pytest
+
+from conftest import CONF_DIR, compose_config
+
+EXPERIMENTS = sorted(p.stem for p in Path(CONF_DIR, "experiment").glob("*.yaml"))
+GROUP_OPTIONS = [(g.name, p.stem) for g in sorted(Path(CONF_DIR).iterdir()) if g.is_dir()
+                 and g.name not in ("experiment", "hydra") for p in sorted(g.glob("*.yaml"))]
+
+
+def test_the_three_foundation_experiments_exist():
+    assert {"fractal_patchcore", "imagenet_patchcore", "random_patchcore"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_resolves(name, tmp_path):
+    cfg = compose_config(tmp_path, f"+experiment={name}")
+    assert cfg.backbone.source in name or name.startswith("study")
+    # everything resolves, and paths are absolute whatever the working directory
+    for key in ("paths.root_dir", "paths.data_dir", "dataset.root"):
+        assert Path(cfg[key.split(".")[0]][key.split(".")[1]]).is_absolute(), key
+
+
+@pytest.mark.parametrize("group,option", GROUP_OPTIONS)
+def test_every_group_option_composes(group, option, tmp_path):
+    cfg = compose_config(tmp_path, f"{group}={option}")
+    assert cfg[group] is not None
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in Path(CONF_DIR, "detector").glob("*.yaml")))
+def test_detector_targets_are_importable_anomalib_models(option, tmp_path):
+    cfg = compose_config(tmp_path, f"detector={option}")
+    cls = hydra.utils.get_class(cfg.detector.model._target_)
+    assert cls.__module__.startswith("anomalib.models")
+
+
+def test_tracking_uri_is_an_absolute_sqlite_path(tmp_path):
+    cfg = compose_config(tmp_path)
+    assert cfg.mlflow.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"

@@ -1,0 +1,102 @@
+"""The whole pipeline in-process: real fractals, real Lightning training, real PatchCore, real MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from conftest import runs_of
+from run import run_pipeline
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """The same tiny config and seed run twice, into one MLflow store."""
+    from conftest import compose_config
+
+    base = tmp_path_factory.mktemp("pipeline")
+    data = tmp_path_factory.mktemp("pipeline_data")
+    cfgs = [compose_config(base, f"paths.output_dir={base}/job{i}", data_dir=data) for i in range(2)]
+    metrics = [run_pipeline(cfg) for cfg in cfgs]
+    return cfgs, metrics, runs_of(cfgs[0].mlflow.tracking_uri)
+
+
+def test_one_parent_and_three_finished_stage_runs_per_call(two_runs):
+    cfgs, _, runs = two_runs
+    parents = runs[runs["tags.stage"] == "pipeline"]
+    assert len(parents) == 2
+    for parent_id in parents["run_id"]:
+        children = runs[runs["tags.mlflow.parentRunId"] == parent_id]
+        assert sorted(children["tags.stage"]) == ["detect", "generate", "pretrain"]
+        assert set(children["status"]) == {"FINISHED"}
+    assert set(runs["status"]) == {"FINISHED"}
+
+
+def test_stage_runs_carry_params_metrics_artifacts_and_lineage(two_runs):
+    cfgs, _, runs = two_runs
+    client = __import__("mlflow").MlflowClient(cfgs[0].mlflow.tracking_uri)
+    parent_id = runs[runs["tags.stage"] == "pipeline"]["run_id"].iloc[0]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent_id].set_index("tags.stage")
+
+    pretrain, detect, generate = (children.loc[s] for s in ("pretrain", "detect", "generate"))
+    assert detect["tags.pretrain_run_id"] == pretrain["run_id"]
+    for metric in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
+        assert 0.0 <= detect[f"metrics.{metric}"] <= 1.0
+    assert np.isfinite(pretrain["metrics.train_loss_epoch"]) and 0 <= pretrain["metrics.val_acc"] <= 1
+    assert pretrain["params.pretrain.max_steps"] == "4"
+    assert detect["params.detector.model.coreset_sampling_ratio"] == "0.1"
+    assert generate["params.fractal.num_classes"] == "3"
+    assert detect["tags.backbone"] == "fractal" and detect["tags.category"] == "weave"
+
+    def artifacts(run_id, path=""):
+        out = []
+        for item in client.list_artifacts(run_id, path):
+            out += artifacts(run_id, item.path) if item.is_dir else [item.path]
+        return out
+
+    assert "fractals/preview.png" in artifacts(generate["run_id"])
+    assert {"config.yaml", "backbone/config.json", "backbone/model.safetensors"} <= set(artifacts(pretrain["run_id"]))
+    detect_files = artifacts(detect["run_id"])
+    assert "metrics.csv" in detect_files and "config.yaml" in detect_files
+    assert len([f for f in detect_files if f.startswith("anomaly_maps/")]) == 2
+
+
+def test_same_config_and_seed_give_same_fractals_and_same_metrics(two_runs):
+    cfgs, metrics, _ = two_runs
+    outs = [Path(cfg.paths.output_dir) for cfg in cfgs]
+    assert (outs[0] / "fractals/preview.png").read_bytes() == (outs[1] / "fractals/preview.png").read_bytes()
+    assert (outs[0] / "fractals/systems.npz").read_bytes() == (outs[1] / "fractals/systems.npz").read_bytes()
+    for key in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Score"):
+        assert metrics[0][key] == metrics[1][key], key
+
+
+def test_export_loads_in_timm_and_anomalib_with_identical_weights(two_runs):
+    from anomalib.models import Patchcore
+
+    cfgs, _, _ = two_runs
+    export = Path(cfgs[0].paths.output_dir) / "pretrain/backbone"
+    meta = json.loads((export / "config.json").read_text())
+    assert meta["architecture"] == "resnet18"
+    assert meta["pretrained_cfg"]["mean"] == [0.2, 0.2, 0.2] and meta["pretrained_cfg"]["std"] == [0.5] * 3
+    assert json.loads((export / "fractal.json").read_text())["seed"] == cfgs[0].seed
+
+    model = timm.create_model(f"local-dir:{export}", pretrained=True)
+    untrained = timm.create_model("resnet18")
+    weight = model.state_dict()["layer2.0.conv1.weight"]
+    assert not torch.equal(weight, untrained.state_dict()["layer2.0.conv1.weight"])
+
+    patchcore = Patchcore(backbone=f"local-dir:{export}", layers=["layer2"], pre_trained=True)
+    extractor = patchcore.model.feature_extractor.feature_extractor
+    assert torch.equal(extractor.state_dict()["layer2.0.conv1.weight"], weight)
+
+
+def test_different_seed_gives_different_fractals(tiny_config, tmp_path):
+    from fractal_pretrain.generate import generate
+
+    previews = [generate(tiny_config(f"seed={s}"), tmp_path / str(s)).preview_path.read_bytes() for s in (0, 1)]
+    assert previews[0] != previews[1]
