@@ -24,15 +24,24 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
 if __name__ == "__main__" and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
     os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
 
+import fcntl  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
 import mlflow  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from detectors.backbone import resolve_backbone  # noqa: E402
 from detectors.detect import detect  # noqa: E402
 from evaluation import tracking  # noqa: E402
 from evaluation.metrics import HEADLINE, format_table  # noqa: E402
+from evaluation.sweep import SWEEP_RUN_ENV  # noqa: E402
 from fractal_pretrain.generate import generate  # noqa: E402
 from fractal_pretrain.pretrain import pretrain  # noqa: E402
 
@@ -40,38 +49,97 @@ OmegaConf.register_new_resolver("project_root", lambda: str(ROOT), replace=True)
 STAGES = ("generate", "pretrain", "detect")
 
 
+def config_hash(cfg: DictConfig, keys: tuple[str, ...] | None = None) -> str:
+    """Short content hash of the resolved config (or of some of its keys), paths excluded."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    picked = {k: resolved.get(k) for k in (keys or sorted(set(resolved) - {"paths"}))}
+    return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@contextmanager
+def file_lock(path: Path):
+    """Exclusive lock across processes (parallel sweep jobs), released when the block ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def train_fractal_backbone(cfg: DictConfig, out_dir: Path, tags: dict) -> tuple[Path | None, str | None]:
+    """The generate and pretrain stages; returns the export folder and the pretrain run id."""
+    bank_path = export_dir = run_id = None
+    if "generate" in cfg.stages:
+        L.seed_everything(cfg.seed, workers=True)
+        with tracking.stage_run("generate", cfg, groups=("fractal",), tags=tags):
+            bank_path = generate(cfg, out_dir / "fractals").bank_path
+    if "pretrain" in cfg.stages:
+        if bank_path is None:
+            raise ValueError("the pretrain stage needs the generate stage in the same call: "
+                             "stages=[generate,pretrain,...]")
+        L.seed_everything(cfg.seed, workers=True)
+        with tracking.stage_run("pretrain", cfg, groups=("fractal", "pretrain", "backbone", "trainer"),
+                                tags=tags, system_metrics=cfg.mlflow.system_metrics) as run:
+            export_dir = pretrain(cfg, bank_path, out_dir / "pretrain").export_dir
+            run_id = run.info.run_id
+    return export_dir, run_id
+
+
+def shared_fractal_backbone(cfg: DictConfig, out_dir: Path, tags: dict) -> tuple[Path | None, str | None]:
+    """Pretrain once, detect many: jobs whose weights would be identical share one export.
+
+    The export is kept under ``outputs/backbones/<hash of fractal, pretrain, arch, trainer, seed>``;
+    the first job trains it while parallel jobs with the same hash wait on a lock, then reuse it.
+    """
+    key = config_hash(cfg, ("fractal", "pretrain", "trainer", "seed")) + f"-{cfg.backbone.arch}"
+    shared = Path(cfg.paths.outputs_dir) / "backbones" / key
+    with file_lock(shared.with_name(key + ".lock")):
+        if (shared / "run.json").is_file():
+            run_id = json.loads((shared / "run.json").read_text())["pretrain_run_id"]
+            print(f"reusing backbone {shared} from pretrain run {run_id} (pretrain.reuse=false to retrain)")
+            return shared / "backbone", run_id
+        export_dir, run_id = train_fractal_backbone(cfg, out_dir, tags)
+        if export_dir is not None:
+            tmp = shared.with_name(key + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(export_dir, tmp / "backbone")
+            (tmp / "run.json").write_text(json.dumps({"pretrain_run_id": run_id}))
+            tmp.rename(shared)
+        return export_dir, run_id
+
+
 def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     """Run the configured stages under one parent MLflow run; return the detect metrics."""
     unknown = [s for s in cfg.stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stages {unknown}; choose from {list(STAGES)}")
+    if cfg.pretrain.reuse not in (True, False, "auto"):
+        raise ValueError(f"pretrain.reuse must be true, false or auto, got {cfg.pretrain.reuse}")
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     tracking.setup(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)
-    # fractal weights are made here unless an export was given; other backbones skip to detect
-    makes_backbone = cfg.backbone.source == "fractal" and not cfg.backbone.weights
+    sweep_run_id = os.environ.get(SWEEP_RUN_ENV)
     tags = {"backbone": cfg.backbone.source, "arch": cfg.backbone.arch, "detector": cfg.detector.name,
-            "dataset": cfg.dataset.name, "category": cfg.dataset.category, "seed": str(cfg.seed)}
+            "dataset": cfg.dataset.name, "category": cfg.dataset.category, "seed": str(cfg.seed),
+            "config_hash": config_hash(cfg), **({"sweep_run_id": sweep_run_id} if sweep_run_id else {})}
 
-    bank_path = export_dir = pretrain_run_id = None
+    export_dir = pretrain_run_id = None
     metrics: dict[str, float] = {}
     with mlflow.start_run(run_name=f"{cfg.backbone.source}-{cfg.detector.name}-{cfg.dataset.category}",
-                          tags={**tags, "stage": "pipeline"}):
+                          parent_run_id=sweep_run_id, tags={**tags, "stage": "pipeline"}):
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        if "generate" in cfg.stages and makes_backbone:
-            L.seed_everything(cfg.seed, workers=True)
-            with tracking.stage_run("generate", cfg, groups=("fractal",), tags=tags):
-                bank_path = generate(cfg, out_dir / "fractals").bank_path
-        if "pretrain" in cfg.stages and makes_backbone:
-            if bank_path is None:
-                raise ValueError("the pretrain stage needs the generate stage in the same call: "
-                                 "stages=[generate,pretrain,...]")
-            L.seed_everything(cfg.seed, workers=True)
-            with tracking.stage_run("pretrain", cfg, groups=("fractal", "pretrain", "backbone", "trainer"),
-                                    tags=tags, system_metrics=cfg.mlflow.system_metrics) as run:
-                export_dir = pretrain(cfg, bank_path, out_dir / "pretrain").export_dir
-                pretrain_run_id = run.info.run_id
+        # fractal weights are made here unless an export was given; other backbones skip to detect
+        if cfg.backbone.source == "fractal" and not cfg.backbone.weights:
+            reuse = is_multirun() if cfg.pretrain.reuse == "auto" else cfg.pretrain.reuse
+            make = shared_fractal_backbone if reuse else train_fractal_backbone
+            export_dir, pretrain_run_id = make(cfg, out_dir, tags)
         if "detect" in cfg.stages:
             # re-seed so detection draws (random init, coreset) do not depend on earlier stages
             L.seed_everything(cfg.seed, workers=True)
@@ -87,10 +155,22 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def select_gpu_for_job() -> None:
+    """On a multi-GPU box, spread sweep jobs one per GPU (before anything touches CUDA)."""
+    if not is_multirun() or "CUDA_VISIBLE_DEVICES" in os.environ:
+        return
+    import torch
+
+    count = torch.cuda.device_count()
+    if count > 1:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(HydraConfig.get().job.num % count)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     # a plain `kill` ends the runs as FAILED too, instead of leaving them RUNNING
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    select_gpu_for_job()
     metrics = run_pipeline(cfg)
     return metrics.get(cfg.objective)
 

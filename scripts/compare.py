@@ -1,0 +1,45 @@
+"""Comparison report from the MLflow store: fractal vs ImageNet vs random, per detector and dataset.
+
+    python scripts/compare.py                          # every FINISHED detect run in the experiment
+    python scripts/compare.py --sweep <sweep run id>   # one multirun (its id is printed at the start)
+    python scripts/compare.py --filter "tags.dataset = 'builtin'" --out outputs/report
+
+Writes runs.csv, summary.csv, summary.md, comparison.png (grouped bars) and per_category.png (heat
+map) and prints the summary table. A multirun writes the same report into its folder at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from evaluation import report  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tracking-uri", default=f"sqlite:///{ROOT}/outputs/mlflow.db")
+    parser.add_argument("--experiment", default="fractal-ad")
+    parser.add_argument("--sweep", help="only the jobs of this sweep run id")
+    parser.add_argument("--filter", default="", help="extra MLflow filter, e.g. \"tags.seed = '0'\"")
+    parser.add_argument("--out", default=str(ROOT / "outputs" / "report"))
+    args = parser.parse_args(argv)
+
+    filters = [f for f in (args.filter, args.sweep and f"tags.sweep_run_id = '{args.sweep}'") if f]
+    rows = report.collect(args.tracking_uri, args.experiment, " and ".join(filters))
+    try:
+        paths = report.write_report(rows, args.out)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(paths["markdown"].read_text())
+    print(f"{len(rows)} detect runs -> {Path(args.out).resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
