@@ -1,17 +1,27 @@
-"""Generate stage: sample the IFS systems, store their parameters, render a preview grid."""
+"""Generate stage: sample the IFS systems, store their parameters, render a preview grid.
+
+Only parameters are written (``systems.npz``, format-versioned, no pickle); the family, sampler and
+the whole ``fractal`` config group travel in the bank's metadata so the pretrain stage can check it
+renders what was generated.
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-from omegaconf import DictConfig
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from fractal_pretrain.data import preview_grid
-from fractal_pretrain.ifs import SystemBank, sample_bank
+from fractal_pretrain.families import FAMILIES
+from fractal_pretrain.ifs import SAMPLERS, SystemBank, fill_ratio, sample_bank
 from fractal_pretrain.render import RenderConfig
+
+FILL_SAMPLE = 64  # systems whose fill ratio is measured and logged (a sanity figure, not a filter)
 
 
 @dataclass
@@ -26,23 +36,49 @@ def render_config(fractal: DictConfig) -> RenderConfig:
     return RenderConfig(**fractal.render)
 
 
-def generate(cfg: DictConfig, out_dir: str | Path) -> GenerateRecord:
-    """Sample ``fractal.num_classes x fractal.systems_per_class`` systems into ``out_dir``."""
-    f = cfg.fractal
+def check_fractal_config(f: DictConfig) -> None:
     if f.num_classes < 2:
         raise ValueError(f"fractal.num_classes must be >= 2 for a classification task, got {f.num_classes}")
     if f.systems_per_class < 1:
         raise ValueError(f"fractal.systems_per_class must be >= 1, got {f.systems_per_class}")
+    family = f.get("family", "fractals")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown fractal.family {family!r}; choose from {FAMILIES}")
+    if family == "ofdb" and f.systems_per_class != 1:
+        raise ValueError("fractal.family=ofdb is one image per class: set fractal.systems_per_class=1")
+    if f.get("sampler", "anderson_farrell") not in SAMPLERS:
+        raise ValueError(f"unknown fractal.sampler {f.sampler!r}; choose from {SAMPLERS}")
+    render_config(f)  # RenderConfig validates its own fields
+
+
+def generate(cfg: DictConfig, out_dir: str | Path) -> GenerateRecord:
+    """Sample ``fractal.num_classes x fractal.systems_per_class`` systems into ``out_dir``."""
+    f = cfg.fractal
+    check_fractal_config(f)
     out_dir = Path(out_dir)
-    bank = sample_bank(f.num_classes, f.systems_per_class, seed=cfg.seed)
+    sampler = f.get("sampler", "anderson_farrell")
+    sampler_args = dict(f.get("fractaldb") or {}) if sampler == "fractaldb" else {}
+    if "maps" in sampler_args:
+        sampler_args["maps"] = tuple(sampler_args["maps"])
+    meta = {"family": f.get("family", "fractals"), "fractal": OmegaConf.to_container(f, resolve=True)}
+    start = time.perf_counter()
+    bank = sample_bank(f.num_classes, f.systems_per_class, seed=cfg.seed, sampler=sampler, meta=meta,
+                       **sampler_args)
+    sample_s = time.perf_counter() - start
     bank_path = bank.save(out_dir / "systems.npz")
 
-    grid = preview_grid(bank, render_config(f), seed=cfg.seed)
+    start = time.perf_counter()
+    grid = preview_grid(bank, render_config(f), seed=cfg.seed, fractal=f)
+    preview_s = time.perf_counter() - start
     preview_path = out_dir / "preview.png"
     Image.fromarray(grid).save(preview_path)
 
+    fills = [fill_ratio(*bank.system(i), size=256, n_points=100_000, seed=i)
+             for i in range(min(len(bank), FILL_SAMPLE))]
     if mlflow.active_run():
-        mlflow.log_metrics({"num_systems": len(bank), "num_classes": bank.num_classes})
+        mlflow.log_metrics({"num_systems": len(bank), "num_classes": bank.num_classes,
+                            "sample_seconds": sample_s, "preview_seconds": preview_s,
+                            "fill_ratio_median": float(np.median(fills))})
         mlflow.log_artifact(str(bank_path), "fractals")
         mlflow.log_artifact(str(preview_path), "fractals")
     return GenerateRecord(bank_path, preview_path, bank.num_classes, len(bank))

@@ -1,0 +1,91 @@
+"""Image families built on the single-system renderer (pure numpy + the numba kernel, no torch).
+
+* ``fractals``: one system per image (Anderson & Farrell, WACV 2022; Ugwu et al., CVPR-W 2024),
+  ``systems_per_class`` systems per class.
+* ``multi_formula``: n ~ U{4..10} fractals, all from systems of one class, each resized to 15-60% of
+  the canvas and pasted at a random position; the label is the class (Ugwu et al.: these clearly
+  beat single-fractal images).
+* ``ofdb``: one fixed image per class (Nakamura et al., ICCV 2023, "one fractal image per class";
+  Ugwu et al.'s follow-up): the image is a function of (seed, class) only; the variety comes from
+  heavy augmentation, applied by the Dataset layer (``data.OneImagePerClass``).
+
+Every function takes a 64-bit key (``render.derive_key``), never a global generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from fractal_pretrain.ifs import SystemBank
+from fractal_pretrain.render import RenderConfig, derive_key, paste_nonblack, render_background, render_key
+
+FAMILIES = ("fractals", "multi_formula", "ofdb")
+
+
+@dataclass(frozen=True)
+class MultiFormulaConfig:
+    """Ugwu et al.'s Multi-Formula layout. ``n_points`` of the RenderConfig is the budget of a
+    fractal covering the whole canvas; a pasted fractal gets the share of its area, so the
+    point density per pixel matches a single-fractal render (and at least ``min_points``)."""
+
+    min_fractals: int = 4
+    max_fractals: int = 10
+    min_scale: float = 0.15
+    max_scale: float = 0.6
+    min_points: int = 2000
+
+    def __post_init__(self):
+        if not 1 <= self.min_fractals <= self.max_fractals:
+            raise ValueError("need 1 <= min_fractals <= max_fractals")
+        if not 0.0 < self.min_scale <= self.max_scale <= 1.0:
+            raise ValueError("need 0 < min_scale <= max_scale <= 1")
+
+
+@dataclass(frozen=True)
+class Placement:
+    system: int  # index into the bank
+    size: int  # pixels, square
+    y: int
+    x: int
+    key: int
+
+
+def multi_formula_layout(bank: SystemBank, label: int, key: int, canvas: int,
+                         mf: MultiFormulaConfig) -> list[Placement]:
+    """Which systems of class ``label`` go where, drawn from ``key`` only."""
+    systems = bank.class_systems(label)
+    if len(systems) == 0:
+        raise ValueError(f"class {label} has no systems in the bank")
+    rng = np.random.Generator(np.random.PCG64(key))
+    n = int(rng.integers(mf.min_fractals, mf.max_fractals + 1))
+    out = []
+    for t in range(n):
+        size = max(8, min(canvas, int(round(rng.uniform(mf.min_scale, mf.max_scale) * canvas))))
+        y, x = (int(v) for v in rng.integers(0, canvas - size + 1, size=2))
+        out.append(Placement(int(systems[rng.integers(len(systems))]), size, y, x,
+                             derive_key(key, 0x5EED, t)))
+    return out
+
+
+def render_multi_formula(bank: SystemBank, label: int, key: int, cfg: RenderConfig,
+                         mf: MultiFormulaConfig) -> np.ndarray:
+    """One Multi-Formula canvas (uint8, like ``render_key``). Later fractals are pasted over
+    earlier ones where they are not black, so a tile's black margin never hides a neighbour."""
+    canvas = np.zeros((cfg.size, cfg.size, cfg.channels), dtype=np.uint8)
+    if cfg.background:
+        render_background(derive_key(key, 0xB6), cfg, out=canvas)
+    tile_cfg = replace(cfg, background=False)
+    for p in multi_formula_layout(bank, label, key, cfg.size, mf):
+        points = max(mf.min_points, int(cfg.n_points * (p.size / cfg.size) ** 2))
+        tile = render_key(*bank.system(p.system), p.key, replace(tile_cfg, size=p.size, n_points=points))
+        paste_nonblack(canvas, tile.reshape(p.size, p.size, cfg.channels), p.y, p.x)
+    return canvas if cfg.color else canvas[..., 0]
+
+
+def ofdb_image(bank: SystemBank, label: int, seed: int, cfg: RenderConfig) -> np.ndarray:
+    """The one image of class ``label``: its first system rendered from (seed, class) only, so it
+    is the same in every epoch, stream and process."""
+    return render_key(*bank.system(int(bank.class_systems(label)[0])),
+                      derive_key(seed, 0x0FDB, label), cfg)
