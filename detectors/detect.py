@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import resource
 import time
 from collections import defaultdict
@@ -10,14 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
+import lightning as L
 import mlflow
-import timm
 from omegaconf import DictConfig
 
 from detectors.backbone import Backbone
+from detectors.models import build_detector
 from evaluation.builtin import make_builtin_dataset
 from evaluation.datasets import validate_layout
 from evaluation.metrics import study_evaluator
+from evaluation.plots import RocCollector, plot_roc
 
 
 @dataclass
@@ -25,15 +28,6 @@ class DetectRecord:
     metrics: dict[str, float]
     metrics_csv: Path
     images: list[Path] = field(default_factory=list)
-
-
-def check_layers(arch: str, layers: list[str]) -> None:
-    """Fail early, naming the valid choices, instead of a bare KeyError deep inside anomalib."""
-    valid = timm.create_model(arch, pretrained=False, features_only=True).feature_info.module_name()
-    missing = [layer for layer in layers if layer not in valid]
-    if missing:
-        raise ValueError(f"detector layers {missing} do not exist in {arch}; its feature layers are "
-                         f"{valid}. Set detector.model.layers to names from that list.")
 
 
 def pick_images(folder: Path, n: int) -> list[Path]:
@@ -59,6 +53,31 @@ def write_csv(path: Path, row: dict) -> Path:
     return path
 
 
+def _leakage_guard(datamodule_cfg: DictConfig) -> None:
+    """The validation split picks checkpoints and thresholds: it must never be the test set."""
+    mode = str(datamodule_cfg.get("val_split_mode", "same_as_test")).lower()
+    if mode in ("same_as_test", "from_test", "valsplitmode.same_as_test", "valsplitmode.from_test"):
+        raise ValueError(
+            f"dataset.datamodule.val_split_mode={mode} validates on test images, so checkpoint selection "
+            f"and the F1 threshold would see the test set. Use 'synthetic' (training normals + synthetic "
+            f"anomalies), 'from_train' or 'from_dir'.")
+
+
+def selection_callbacks(cfg: DictConfig, out_dir: Path) -> list:
+    """Best-checkpoint selection and early stopping on the validation split, for detectors that train."""
+    from anomalib.callbacks.checkpoint import ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    sel = cfg.detector.get("selection")
+    if not sel:  # training-free detectors (one pass over the normals): nothing to select
+        return []
+    callbacks = [ModelCheckpoint(dirpath=out_dir / "weights", filename="best-epoch={epoch}", monitor=sel.monitor, mode=sel.mode,
+                                 save_top_k=1, auto_insert_metric_name=False)]
+    if sel.get("patience"):
+        callbacks.append(EarlyStopping(monitor=sel.monitor, mode=sel.mode, patience=sel.patience))
+    return callbacks
+
+
 def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path) -> DetectRecord:
     from anomalib.engine import Engine
     from anomalib.pre_processing import PreProcessor
@@ -71,36 +90,55 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path) -> DetectRe
     if d.name == "builtin":
         make_builtin_dataset(d.root, **d.builtin)
     validate_layout(d.name, d.root, d.category)
-    check_layers(backbone.arch, list(cfg.detector.model.layers))
+    _leakage_guard(d.datamodule)
 
     pre_processor = PreProcessor(transform=Compose([
         Resize((d.image_size, d.image_size), antialias=True),
         Normalize(mean=list(backbone.mean), std=list(backbone.std)),
     ]))
-    model = hydra.utils.instantiate(cfg.detector.model, backbone=backbone.timm_name,
-                                    pre_trained=backbone.pre_trained, pre_processor=pre_processor,
-                                    evaluator=study_evaluator(cfg.detector.aupro_fpr_limit))
+    model = build_detector(cfg.detector.model, backbone, pre_processor=pre_processor,
+                           evaluator=study_evaluator(cfg.detector.aupro_fpr_limit))
     datamodule = hydra.utils.instantiate(d.datamodule, seed=cfg.seed)
-    engine = Engine(accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
-                    default_root_dir=out_dir, logger=False)
+    roc = RocCollector()
+    selection = selection_callbacks(cfg, out_dir)
+    # one device: multi-GPU belongs to pre-training; sweeps spread detect jobs over GPUs instead
+    engine = Engine(accelerator=cfg.trainer.accelerator, devices=1,
+                    default_root_dir=out_dir, logger=False, max_epochs=cfg.detector.get("max_epochs", 1),
+                    callbacks=[*selection, roc])
 
+    L.seed_everything(cfg.seed, workers=True)  # synthetic validation anomalies, coreset, init
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     fit_s = time.perf_counter() - start
+    best = selection[0].best_model_path if selection else ""
     start = time.perf_counter()
-    (results,) = engine.test(model=model, datamodule=datamodule, verbose=False)
+    (results,) = engine.test(model=model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     test_s = time.perf_counter() - start
 
     metrics = {k: float(v) for k, v in results.items()}
     metrics.update(fit_seconds=fit_s, test_seconds=test_s,
                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if selection:
+        metrics.update(selected_epoch=float(_epoch_of(best)) if best else -1.0,
+                       epochs_run=float(engine.trainer.current_epoch))
     csv_path = write_csv(out_dir / "metrics.csv", {"dataset": d.name, "category": d.category,
                                                    "backbone": backbone.source,
                                                    "detector": cfg.detector.name, **metrics})
+    curves = roc.curves()
+    roc_path = plot_roc(curves, out_dir / "roc.png",
+                        f"{cfg.detector.name} / {backbone.source} / {d.name}:{d.category}") if curves else None
+    # anomalib writes under <out_dir>/<Model>/<Dataset>/<category>/v<N>/images
     images = pick_images(Path(engine.trainer.default_root_dir) / "images", cfg.detector.log_images)
     if mlflow.active_run():
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(csv_path))
+        if roc_path:
+            mlflow.log_artifact(str(roc_path))
         for path in images:
             mlflow.log_artifact(str(path), f"anomaly_maps/{path.parent.name}")
     return DetectRecord(metrics, csv_path, images)
+
+
+def _epoch_of(checkpoint: str) -> int:
+    match = re.search(r"best-epoch=(\d+)", Path(checkpoint).name)
+    return int(match.group(1)) if match else -1

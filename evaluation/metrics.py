@@ -9,9 +9,21 @@ from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
 HEADLINE = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
 
 
+# Computed on the validation split (training normals + synthetic anomalies, never the test set);
+# trained detectors select their checkpoint on one of these (``detector.selection.monitor``).
+VALIDATION = ("val_image_AUROC", "val_pixel_AUROC")
+
+
 def study_evaluator(aupro_fpr_limit: float = 0.3) -> Evaluator:
-    """Image AUROC and F1, pixel AUROC, and AUPRO integrated up to ``aupro_fpr_limit`` FPR."""
-    return Evaluator(test_metrics=[
+    """Test: image AUROC and F1, pixel AUROC, AUPRO integrated up to ``aupro_fpr_limit`` FPR.
+
+    Validation: image and pixel AUROC, for checkpoint selection. The F1 threshold itself is the
+    post-processor's adaptive threshold, also fitted on the validation split.
+    """
+    return Evaluator(val_metrics=[
+        AUROC(fields=["pred_score", "gt_label"], prefix="val_image_"),
+        AUROC(fields=["anomaly_map", "gt_mask"], prefix="val_pixel_", strict=False),
+    ], test_metrics=[
         AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
         F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
         AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),

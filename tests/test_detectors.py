@@ -1,0 +1,259 @@
+"""Every supported anomalib detector, fitted and evaluated for real on the built-in dataset (tiny).
+
+CPU only, offline. Sizes: 64 px images, 12 training normals (10 train + 2 validation), 9 test
+images, one epoch; the study's settings are shrunk only where a tiny image forces it (flow depth,
+CFlow's fiber batch, DFKDE's PCA size).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from conftest import CONF_DIR, compose_config
+from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from detectors.detect import detect
+from detectors.layers import resolve_layers
+
+DETECTORS = sorted(p.stem for p in Path(CONF_DIR, "detector").glob("*.yaml"))
+TRAINED = {"cflow", "fastflow", "reverse_distillation", "stfpm", "cfa"}
+NO_MAPS = {"dfkde"}  # image scores only
+SMALL_DATA = ["dataset.builtin.image_size=64", "dataset.builtin.n_train=12", "dataset.builtin.n_test_good=3",
+              "dataset.builtin.n_test_defect=2"]
+TINY_MODEL = {  # what a 64 px image forces; everything else is the study's config
+    "cflow": ["detector.model.fiber_batch_size=16", "detector.model.coupling_blocks=2"],
+    "fastflow": ["detector.model.flow_steps=2"],
+    "dfkde": ["detector.model.n_pca_components=4"],
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("detector-data")
+
+
+@pytest.fixture(scope="module")
+def fractal_export(tmp_path_factory) -> Path:
+    """A tiny timm export standing in for the pretrain stage's (trained mean/std 0.2/0.5)."""
+    out = tmp_path_factory.mktemp("export")
+    torch.manual_seed(1)
+    model = timm.create_model("resnet18", num_classes=3)
+    timm.models.save_for_hf(model, out, safe_serialization=True,
+                            model_config={"pretrained_cfg": {"mean": [0.2] * 3, "std": [0.5] * 3}})
+    return out
+
+
+def backbone_of(kind: str, export: Path) -> Backbone:
+    if kind == "fractal":
+        return Backbone("fractal", "resnet18", f"local-dir:{export}", True, (0.2,) * 3, (0.5,) * 3, str(export))
+    return Backbone("random", "resnet18", "resnet18", False, IMAGENET_MEAN, IMAGENET_STD, "random init")
+
+
+def config(out: Path, data: Path, detector: str, *overrides: str):
+    return compose_config(out, f"detector={detector}", "detector.max_epochs=1", *SMALL_DATA,
+                          *TINY_MODEL.get(detector, []), *overrides, data_dir=data)
+
+
+def check_record(record, detector: str, out: Path) -> None:
+    m = record.metrics
+    for key in ("image_AUROC", "image_F1Score"):
+        assert 0.0 <= m[key] <= 1.0, (key, m)
+    if detector in NO_MAPS:
+        assert "pixel_AUROC" not in m
+    else:
+        assert 0.0 <= m["pixel_AUROC"] <= 1.0 and 0.0 <= m["pixel_AUPRO"] <= 1.0, m
+        assert 0 < len(record.images) <= 2
+    assert m["fit_seconds"] > 0 and m["test_seconds"] > 0 and m["peak_rss_mb"] > 0
+    assert record.metrics_csv.is_file()
+    assert (out / "roc.png").stat().st_size > 1000
+    if detector in TRAINED:  # the checkpoint tested is the one selected on the validation split
+        assert m["selected_epoch"] == 0.0 and m["epochs_run"] == 1.0
+        assert list((out / "weights").glob("best-epoch=0*.ckpt"))
+
+
+def run_detector(tmp_path, data, export, detector, kind):
+    cfg = config(tmp_path, data, detector)
+    out = tmp_path / "detect"
+    record = detect(cfg, backbone_of(kind, export), out)
+    print(f"\nRESULT {detector} {kind} fit={record.metrics['fit_seconds']:.1f}s test={record.metrics['test_seconds']:.1f}s "
+          f"image_AUROC={record.metrics['image_AUROC']:.3f} pixel_AUROC={record.metrics.get('pixel_AUROC', float('nan')):.3f}")
+    check_record(record, detector, out)
+    return record
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_detector_random_backbone(detector, tmp_path, data, fractal_export):
+    run_detector(tmp_path, data, fractal_export, detector, "random")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_detector_fractal_backbone(detector, tmp_path, data, fractal_export):
+    run_detector(tmp_path, data, fractal_export, detector, "fractal")
+
+
+def test_every_study_detector_has_a_config():
+    assert {"patchcore", "padim", "cflow", "fastflow", "reverse_distillation", "stfpm", "dfm", "dfkde",
+            "cfa"} <= set(DETECTORS)
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_fractal_weights_reach_the_detector(detector, tmp_path, fractal_export):
+    """Our exported weights (not a hub download, not random init) end up inside every detector."""
+    from anomalib.pre_processing import PreProcessor
+    from torchvision.transforms.v2 import Resize
+
+    from detectors.models import build_detector
+
+    cfg = config(tmp_path, tmp_path, detector)
+    target = timm.create_model(f"local-dir:{fractal_export}", pretrained=True).state_dict()["layer1.0.conv1.weight"]
+
+    def holds_export(model) -> bool:
+        return any(p.shape == target.shape and torch.equal(p, target) for p in model.state_dict().values())
+
+    pre = PreProcessor(transform=Resize((64, 64)))
+    assert holds_export(build_detector(cfg.detector.model, backbone_of("fractal", fractal_export), pre_processor=pre))
+    assert not holds_export(build_detector(cfg.detector.model, backbone_of("random", fractal_export), pre_processor=pre))
+
+
+def test_layer_names_follow_the_backbone_family():
+    assert resolve_layers("resnet18", ["layer2", "layer3"]) == ["layer2", "layer3"]
+    assert resolve_layers("efficientnet_lite0", ["layer1", "layer2", "layer3"]) == ["blocks.1", "blocks.2", "blocks.4"]
+    assert resolve_layers("convnext_tiny", ["layer1", "layer4"]) == ["stages.0", "stages.3"]
+    assert resolve_layers("efficientnet_lite0", ["blocks.6"]) == ["blocks.6"]
+    with pytest.raises(ValueError, match=r"\['blocks\.3'\] do not exist in efficientnet_lite0.*blocks\.4"):
+        resolve_layers("efficientnet_lite0", ["layer2", "blocks.3"])
+
+
+def test_padim_n_features_follow_the_backbone():
+    from detectors.models import padim_n_features
+
+    assert padim_n_features("resnet18", ["layer1", "layer2", "layer3"]) == 100
+    assert padim_n_features("wide_resnet50_2", ["layer1", "layer2", "layer3"]) == 550
+    assert padim_n_features("efficientnet_lite0", ["blocks.1", "blocks.2", "blocks.4"]) == round(0.3 * (24 + 40 + 112))
+
+
+def test_unsupported_detector_is_named_with_the_reason(tmp_path, fractal_export):
+    from omegaconf import OmegaConf
+
+    from detectors.models import build_detector
+
+    with pytest.raises(ValueError, match="EfficientAd cannot take a swappable backbone: own PDN teacher"):
+        build_detector(OmegaConf.create({"_target_": "anomalib.models.EfficientAd"}), backbone_of("random", fractal_export))
+
+
+def test_reverse_distillation_outside_resnet_family_is_named(tmp_path, fractal_export):
+    from anomalib.pre_processing import PreProcessor
+    from torchvision.transforms.v2 import Resize
+
+    from detectors.models import build_detector
+
+    cfg = config(tmp_path, tmp_path, "reverse_distillation")
+    effnet = Backbone("random", "efficientnet_lite0", "efficientnet_lite0", False, IMAGENET_MEAN, IMAGENET_STD, "r")
+    with pytest.raises(ValueError, match="decoder only for resnet18.*efficientnet_lite0"):
+        build_detector(cfg.detector.model, effnet, pre_processor=PreProcessor(transform=Resize((64, 64))))
+
+
+# ---------------------------------------------------------------------------------------------
+# No test-set leakage
+# ---------------------------------------------------------------------------------------------
+
+
+def test_validation_split_comes_from_training_normals_only(tmp_path, data):
+    import hydra
+
+    from anomalib.data.utils.synthetic import SyntheticAnomalyDataset
+    from evaluation.builtin import make_builtin_dataset
+
+    cfg = config(tmp_path, data, "patchcore")
+    make_builtin_dataset(cfg.dataset.root, **cfg.dataset.builtin)
+    datamodule = hydra.utils.instantiate(cfg.dataset.datamodule, seed=0)
+    datamodule.setup()
+    assert isinstance(datamodule.val_data, SyntheticAnomalyDataset)
+    val = datamodule.val_data.samples
+    train = {Path(p).name for p in datamodule.train_data.samples.image_path}
+    assert sorted(val.label_index.unique()) == [0, 1]  # normals and synthetic anomalies
+    test_dir = str(Path(cfg.dataset.root) / cfg.dataset.category / "test")
+    assert not any(str(p).startswith(test_dir) for p in val.image_path), "validation uses test images"
+    normals = val[val.label_index == 0].image_path
+    assert all("/train/good/" in p and Path(p).name not in train for p in normals), "val normals must be held out"
+    assert len(train) + len(val) == 12
+
+
+def test_validation_on_the_test_set_is_refused(tmp_path, data, fractal_export):
+    cfg = config(tmp_path, data, "stfpm", "dataset.datamodule.val_split_mode=same_as_test")
+    with pytest.raises(ValueError, match="val_split_mode=same_as_test.*test set.*synthetic"):
+        detect(cfg, backbone_of("random", fractal_export), tmp_path / "detect")
+
+
+def test_trained_detector_keeps_the_best_validation_epoch(tmp_path, data, fractal_export):
+    cfg = config(tmp_path, data, "stfpm", "detector.max_epochs=3", "detector.selection.patience=null")
+    record = detect(cfg, backbone_of("random", fractal_export), tmp_path / "detect")
+    assert record.metrics["epochs_run"] == 3.0
+    best = list((tmp_path / "detect" / "weights").glob("best-epoch=*.ckpt"))
+    assert len(best) == 1
+    epoch = int(best[0].stem.split("=")[1])
+    assert record.metrics["selected_epoch"] == epoch and 0 <= epoch <= 2
+    state = torch.load(best[0], map_location="cpu", weights_only=False)
+    scores = [v for k, v in state["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert scores and scores[0]["monitor"] == "val_pixel_AUROC"
+
+
+# ---------------------------------------------------------------------------------------------
+# ROC plot
+# ---------------------------------------------------------------------------------------------
+
+
+def test_roc_curve_matches_known_values():
+    from evaluation.plots import roc_curve
+
+    fpr, tpr, auc = roc_curve(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
+    assert auc == pytest.approx(0.75)
+    np.testing.assert_allclose(fpr, [0, 0, 0.5, 0.5, 1])
+    np.testing.assert_allclose(tpr, [0, 0.5, 0.5, 1, 1])
+    _, _, tied = roc_curve(np.array([1.0, 1.0, 0.0, 0.0]), np.array([1, 0, 1, 0]))
+    assert tied == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="both"):
+        roc_curve(np.array([0.1, 0.2]), np.array([1, 1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+# ---------------------------------------------------------------------------------------------
+
+MEMORY_SCRIPT = """
+import json, resource, sys
+sys.path[:0] = [{root!r}, {root!r} + "/tests"]
+from conftest import compose_config
+from pathlib import Path
+from detectors.backbone import resolve_backbone
+from detectors.detect import detect
+out = Path({out!r})
+cfg = compose_config(out, "backbone=random", "backbone.arch={arch}", "detector=patchcore", data_dir=out / "data")
+record = detect(cfg, resolve_backbone(cfg.backbone, None, out), out / "detect")
+print("RESULT", json.dumps({{"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                             "image_AUROC": record.metrics["image_AUROC"]}}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_lite0"])
+def test_patchcore_peak_memory_stays_under_4gb(arch, tmp_path):
+    """The default built-in PatchCore run (128 px, 32 normals), random init, in its own process."""
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"}
+    proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT.format(root=root, out=str(tmp_path), arch=arch)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    print(f"\npeak RSS {arch}: {result['maxrss_mb']:.0f} MB")
+    assert 0.0 <= result["image_AUROC"] <= 1.0
+    assert result["maxrss_mb"] < 4096, result
