@@ -25,6 +25,7 @@ if __name__ == "__main__" and any(os.environ.get(k) != v for k, v in MALLOC_ENV.
     os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
 
 import fcntl  # noqa: E402
+import time  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
@@ -155,6 +156,42 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def is_secondary_rank() -> bool:
+    """True in DDP processes other than global rank 0 (Lightning's re-executed children, torchrun,
+    SLURM tasks): they run this script too, but only to join the training."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]) > 0
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(os.environ.get("SLURM_PROCID", "0")) > 0
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+
+
+def join_pretraining(cfg: DictConfig, timeout_s: float = 900.0) -> None:
+    """A secondary rank: wait for rank 0's fractal bank, then train alongside it. Rank 0 alone
+    samples fractals, talks to MLflow, exports and runs detection."""
+    out_dir = Path(cfg.paths.output_dir)
+    bank = out_dir / "fractals" / "systems.npz"
+    deadline = time.monotonic() + timeout_s
+    while not bank.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank 0 wrote no fractal bank at {bank} within {timeout_s:.0f} s")
+        time.sleep(1.0)
+    pretrain(cfg, bank, out_dir / "pretrain")
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Hydra -m and Lightning's ddp do not mix: ddp re-executes sys.argv, -m included, so every
+    rank would start the whole sweep again. Fail before anything starts."""
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    trains = cfg.backbone.source == "fractal" and not cfg.backbone.weights and "pretrain" in cfg.stages
+    if is_multirun() and trains and strategy.startswith("ddp") and "spawn" not in strategy:
+        raise ValueError(
+            f"trainer.strategy={strategy} cannot pre-train inside a -m sweep (DDP re-executes the "
+            f"command line, -m included). Pre-train as a single run: python run.py trainer=ddp "
+            f"stages=[generate,pretrain], then sweep the detectors with backbone.weights=runs:/<pretrain "
+            f"run id>; or use trainer.strategy=ddp_spawn.")
+
+
 def select_gpu_for_job() -> None:
     """On a multi-GPU box, spread sweep jobs one per GPU (before anything touches CUDA)."""
     if not is_multirun() or "CUDA_VISIBLE_DEVICES" in os.environ:
@@ -170,6 +207,10 @@ def select_gpu_for_job() -> None:
 def main(cfg: DictConfig) -> float | None:
     # a plain `kill` ends the runs as FAILED too, instead of leaving them RUNNING
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    check_launch(cfg)
+    if is_secondary_rank():
+        join_pretraining(cfg)
+        return None
     select_gpu_for_job()
     metrics = run_pipeline(cfg)
     return metrics.get(cfg.objective)

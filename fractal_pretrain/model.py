@@ -2,51 +2,104 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 
 import lightning as L
 import timm
 import torch
 import torch.nn.functional as F
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+
+
+def random_crop(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """An independent random ``size`` x ``size`` crop of every image of a batch (on its device)."""
+    n, _, h, w = x.shape
+    if size >= min(h, w):
+        return x
+    top = torch.randint(0, h - size + 1, (n,), generator=generator).tolist()
+    left = torch.randint(0, w - size + 1, (n,), generator=generator).tolist()
+    return torch.stack([x[i, :, t:t + size, l:l + size] for i, (t, l) in enumerate(zip(top, left))])
 
 
 class FractalClassifier(L.LightningModule):
-    """Any timm architecture, random init, SGD + step decay as in FractalDB / Ugwu et al.
+    """Any timm architecture, random init; the FractalDB / Ugwu et al. recipe by default.
 
-    ``lr_milestones`` are fractions of the total number of optimiser steps (the study decays by
-    ``lr_gamma`` at epochs 30 and 60 of 100, i.e. 0.3 and 0.6).
+    Batch-level augmentation lives here, not in the data loader, so it draws from the seeded
+    main-process generators and does not depend on the number of loader workers: the random crop
+    (the study renders 512 px and crops 224) and MixUp/CutMix of the follow-up's heavy recipe.
+    ``lr_milestones`` are fractions of all optimiser steps (the study decays by ``lr_gamma`` at
+    epochs 30 and 60 of 100: 0.3, 0.6); ``schedule="cosine"`` uses linear warm-up then cosine.
     """
 
-    def __init__(self, backbone: str, num_classes: int,
-                 optimizer: Callable[..., torch.optim.Optimizer],
-                 lr_milestones: Sequence[float] = (0.3, 0.6), lr_gamma: float = 0.1):
+    def __init__(self, backbone: str, num_classes: int, optimizer: Callable[..., torch.optim.Optimizer],
+                 schedule: str = "step", lr_milestones: Sequence[float] = (0.3, 0.6),
+                 lr_gamma: float = 0.1, warmup_steps: int = 0, crop_size: int | None = None,
+                 mixup: Mapping | None = None):
         super().__init__()
+        if schedule not in ("step", "cosine"):
+            raise ValueError(f"pretrain.schedule must be 'step' or 'cosine', got {schedule!r}")
         self.save_hyperparameters(ignore=["optimizer"])
         self.model = timm.create_model(backbone, pretrained=False, num_classes=num_classes)
         self.optimizer_factory = optimizer
+        mix = dict(mixup or {})
+        self.mixup = (Mixup(mixup_alpha=mix.get("mixup_alpha", 0.0), cutmix_alpha=mix.get("cutmix_alpha", 0.0),
+                            label_smoothing=mix.get("label_smoothing", 0.0), num_classes=num_classes)
+                      if mix.get("mixup_alpha", 0.0) > 0 or mix.get("cutmix_alpha", 0.0) > 0 else None)
+        self.label_smoothing = mix.get("label_smoothing", 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def _step(self, batch, split: str) -> torch.Tensor:
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = batch
+        if self.hparams.crop_size:
+            # training: random crop; evaluation: centre crop, so both see the same scale
+            if self.trainer.training:
+                x = random_crop(x, self.hparams.crop_size)
+            else:
+                top = (x.shape[-2] - self.hparams.crop_size) // 2
+                left = (x.shape[-1] - self.hparams.crop_size) // 2
+                x = x[..., top:top + self.hparams.crop_size, left:left + self.hparams.crop_size]
+        return x, y
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.mixup is not None:
+            x_mixed, soft = self.mixup(x, y)
+            logits = self(x_mixed)
+            loss = SoftTargetCrossEntropy()(logits, soft)
+        else:
+            logits = self(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        self._log("train", loss, logits, y)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        self._log("val", F.cross_entropy(logits, y), logits, y)
+
+    def _log(self, split: str, loss, logits, y) -> None:
         acc = (logits.argmax(1) == y).float().mean()
         on_step = split == "train"
         self.log(f"{split}_loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, sync_dist=True)
         self.log(f"{split}_acc", acc, prog_bar=True, on_step=on_step, on_epoch=True, sync_dist=True)
-        return loss
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
 
     def configure_optimizers(self):
         opt = self.optimizer_factory(self.parameters())
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        milestones = sorted({max(1, int(f * total)) for f in self.hparams.lr_milestones})
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=self.hparams.lr_gamma)
+        if self.hparams.schedule == "step":
+            milestones = sorted({max(1, int(f * total)) for f in self.hparams.lr_milestones})
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=self.hparams.lr_gamma)
+        else:
+            warm = self.hparams.warmup_steps
+
+            def factor(step: int) -> float:
+                if step < warm:
+                    return (step + 1) / warm
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

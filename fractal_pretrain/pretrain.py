@@ -4,6 +4,10 @@ The export is a ``timm.models.save_for_hf`` folder: ``timm.create_model("local-d
 pretrained=True)`` and anomalib's ``backbone="local-dir:<dir>"`` load it with no patching. Its
 ``config.json`` carries the normalisation used in pre-training (mean/std), so the detect stage
 normalises inputs exactly as the backbone saw them; ``fractal.json`` beside it records the data.
+
+Multi-GPU: ``pretrain.batch_size`` is the GLOBAL batch. Each of the ``devices x num_nodes``
+processes loads ``batch_size / (devices x num_nodes)`` images, so the optimisation (and the
+learning rate that goes with it) is the same on 1 GPU or 8. The sampler shards by rank itself.
 """
 
 from __future__ import annotations
@@ -17,12 +21,17 @@ from pathlib import Path
 import hydra
 import lightning as L
 import mlflow
+import numpy as np
 import timm
+from lightning.pytorch.accelerators import CUDAAccelerator
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from torch.utils.data import DataLoader
 
-from fractal_pretrain.data import TRAIN, VAL, EpochSampler, FractalImages
-from fractal_pretrain.generate import load_bank, render_config
+from fractal_pretrain.data import TRAIN, VAL, EpochSampler, make_dataset
+from fractal_pretrain.generate import load_bank
+from fractal_pretrain.ifs import SystemBank
 from fractal_pretrain.model import FractalClassifier
 
 
@@ -32,11 +41,39 @@ class PretrainRecord:
     metrics: dict[str, float]
 
 
-class MlflowMetrics(L.Callback):
-    """Sends Lightning's logged metrics to the active MLflow run (rank zero only)."""
+class FractalDataModule(L.LightningDataModule):
+    """Training and held-out validation renders of one IFS bank, sharded by the trainer's rank."""
 
-    def __init__(self, every_n_steps: int = 25):
-        self.every_n_steps = every_n_steps
+    def __init__(self, fractal: DictConfig, bank: SystemBank, seed: int, p: DictConfig, per_device_batch: int):
+        super().__init__()
+        mean, std = [float(v) for v in p.mean], [float(v) for v in p.std]
+        self.train_set = make_dataset(fractal, bank, seed, p.renders_per_system, TRAIN, mean, std)
+        self.val_set = make_dataset(fractal, bank, seed, p.val_renders_per_system, VAL, mean, std)
+        self.seed, self.batch_size, self.workers = seed, per_device_batch, p.num_workers
+
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        sampler = EpochSampler(len(dataset), self.seed, shuffle=shuffle,
+                               rank=self.trainer.global_rank, world=self.trainer.world_size)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=shuffle,
+                          num_workers=self.workers, persistent_workers=self.workers > 0,
+                          pin_memory=isinstance(self.trainer.accelerator, CUDAAccelerator))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+
+class MlflowMetrics(L.Callback):
+    """Lightning's logged metrics to the active MLflow run (rank zero only), a grid of the first
+    training batch as the network sees it, and how long training waited for data."""
+
+    def __init__(self, out_dir: Path, mean, std, every_n_steps: int = 25):
+        self.out_dir, self.mean, self.std, self.every_n_steps = out_dir, mean, std, every_n_steps
+        self.data_wait = 0.0
+        self._batch_end = None
+        self.grid_path: Path | None = None
 
     @staticmethod
     def _send(trainer: L.Trainer, suffix_filter: str | None = None) -> None:
@@ -47,79 +84,121 @@ class MlflowMetrics(L.Callback):
         metrics["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
         mlflow.log_metrics(metrics, step=trainer.global_step)
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._batch_end is not None:  # time between the end of a step and the next batch's arrival
+            self.data_wait += time.perf_counter() - self._batch_end
+        if self.grid_path is None and trainer.global_rank == 0:
+            self.grid_path = self._save_grid(batch[0])
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._batch_end = time.perf_counter()
         if trainer.global_step % self.every_n_steps == 0:
             self._send(trainer, suffix_filter="_step")
 
     def on_train_epoch_end(self, trainer, pl_module):
+        self._batch_end = None  # the pause between epochs includes validation, not data loading
         self._send(trainer)
 
+    def _save_grid(self, x) -> Path:
+        x = x[:32].detach().float().cpu().numpy()
+        x = x * np.asarray(self.std, dtype=np.float32)[:, None, None] + np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        tiles = (np.clip(x, 0, 1) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
+        cols = 8
+        rows = -(-len(tiles) // cols)
+        pad = np.zeros((rows * cols - len(tiles), *tiles.shape[1:]), dtype=np.uint8)
+        tiles = np.concatenate([tiles, pad]).reshape(rows, cols, *tiles.shape[1:])
+        grid = tiles.transpose(0, 2, 1, 3, 4).reshape(rows * tiles.shape[2], cols * tiles.shape[3], 3)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / "train_batch.png"
+        Image.fromarray(grid).save(path)
+        if mlflow.active_run():
+            mlflow.log_artifact(str(path), "samples")
+        return path
 
-def check_pretrain_config(p: DictConfig) -> None:
-    for key in ("batch_size", "max_steps", "renders_per_system", "val_renders_per_system"):
+
+def check_pretrain_config(p: DictConfig, world: int) -> int:
+    """Validate the recipe; return the per-device batch size."""
+    for key in ("batch_size", "max_steps", "renders_per_system", "val_renders_per_system",
+                "val_every_n_epochs", "checkpoint_every_n_steps"):
         if p[key] < 1:
             raise ValueError(f"pretrain.{key} must be a positive integer, got {p[key]}")
     if p.num_workers < 0:
         raise ValueError(f"pretrain.num_workers must be >= 0, got {p.num_workers}")
+    if p.batch_size % world:
+        raise ValueError(f"pretrain.batch_size={p.batch_size} is the global batch and must divide evenly "
+                         f"over {world} processes (trainer.devices x trainer.num_nodes)")
+    return p.batch_size // world
 
 
-def export_backbone(model, export_dir: Path, mean, std, fractal_cfg: dict) -> Path:
+def export_backbone(model, export_dir: Path, mean, std, meta: dict) -> Path:
     """Write the timm export under a temporary name and rename it: never a half-written export."""
     export_dir = Path(export_dir)
     tmp = export_dir.with_name(export_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     timm.models.save_for_hf(model, str(tmp), safe_serialization=True,
                             model_config={"pretrained_cfg": {"mean": list(mean), "std": list(std)}})
-    (tmp / "fractal.json").write_text(json.dumps(fractal_cfg, indent=2))
+    (tmp / "fractal.json").write_text(json.dumps(meta, indent=2))
     if export_dir.exists():
         shutil.rmtree(export_dir)
     tmp.rename(export_dir)
     return export_dir
 
 
+def resume_checkpoint(p: DictConfig, ckpt_dir: Path) -> str | None:
+    if not p.resume:
+        return None
+    path = ckpt_dir / "last.ckpt" if p.resume == "auto" else Path(p.resume)
+    if path.is_file():
+        print(f"pretrain: resuming from {path}")
+        return str(path)
+    if p.resume == "auto":
+        return None  # nothing to resume: a fresh start
+    raise FileNotFoundError(f"pretrain.resume={p.resume} does not exist; give a Lightning checkpoint "
+                            f"(<job>/pretrain/checkpoints/last.ckpt) or 'auto'.")
+
+
 def pretrain(cfg: DictConfig, bank_path: str | Path, out_dir: str | Path) -> PretrainRecord:
-    p = cfg.pretrain
-    check_pretrain_config(p)
+    p, t = cfg.pretrain, cfg.trainer
+    devices = t.devices if isinstance(t.devices, int) else len(t.devices)
+    per_device = check_pretrain_config(p, max(devices, 1) * t.get("num_nodes", 1))
     out_dir = Path(out_dir)
     bank = load_bank(bank_path)
-    rcfg = render_config(cfg.fractal)
     mean, std = [float(v) for v in p.mean], [float(v) for v in p.std]
-    train_set = FractalImages(bank, rcfg, cfg.seed, p.renders_per_system, TRAIN, mean, std)
-    val_set = FractalImages(bank, rcfg, cfg.seed, p.val_renders_per_system, VAL, mean, std)
-
-    loader_args = dict(batch_size=p.batch_size, num_workers=p.num_workers,
-                       persistent_workers=p.num_workers > 0)
-    trainer = L.Trainer(**cfg.trainer, max_steps=p.max_steps, default_root_dir=out_dir,
-                        logger=False, enable_checkpointing=False, use_distributed_sampler=False,
-                        check_val_every_n_epoch=p.val_every_n_epochs, log_every_n_steps=10,
-                        callbacks=[MlflowMetrics()])
-    train_loader = DataLoader(train_set, drop_last=True, **loader_args, sampler=EpochSampler(
-        len(train_set), cfg.seed, shuffle=True, rank=trainer.global_rank, world=trainer.world_size))
-    val_loader = DataLoader(val_set, **loader_args, sampler=EpochSampler(
-        len(val_set), cfg.seed, shuffle=False, rank=trainer.global_rank, world=trainer.world_size))
-    if len(train_loader) == 0:
-        raise ValueError(f"pretrain.batch_size={p.batch_size} exceeds the {len(train_set)} training "
+    data = FractalDataModule(cfg.fractal, bank, cfg.seed, p, per_device)
+    if len(data.train_set) < p.batch_size:
+        raise ValueError(f"pretrain.batch_size={p.batch_size} exceeds the {len(data.train_set)} training "
                          f"images per epoch; lower it or raise pretrain.renders_per_system.")
 
+    ckpt_dir = out_dir / "checkpoints"
+    monitor = MlflowMetrics(out_dir, mean, std)
+    trainer = L.Trainer(**t, max_steps=p.max_steps, default_root_dir=out_dir, logger=False,
+                        use_distributed_sampler=False, check_val_every_n_epoch=p.val_every_n_epochs,
+                        log_every_n_steps=10, callbacks=[monitor, ModelCheckpoint(
+                            dirpath=ckpt_dir, every_n_train_steps=p.checkpoint_every_n_steps,
+                            save_last=True, save_top_k=0)])
     module = FractalClassifier(cfg.backbone.arch, bank.num_classes,
                                optimizer=hydra.utils.instantiate(p.optimizer, _partial_=True),
-                               lr_milestones=list(p.lr_milestones), lr_gamma=p.lr_gamma)
+                               schedule=p.schedule, lr_milestones=list(p.lr_milestones),
+                               lr_gamma=p.lr_gamma, warmup_steps=p.warmup_steps, crop_size=p.crop_size,
+                               mixup=OmegaConf.to_container(p.mixup))
     start = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_checkpoint(p, ckpt_dir))
     seconds = time.perf_counter() - start
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    metrics["train_seconds"] = seconds
-    metrics["train_img_per_s"] = trainer.global_step * p.batch_size / seconds
+    metrics.update(train_seconds=seconds, train_img_per_s=trainer.global_step * p.batch_size / seconds,
+                   data_wait_fraction=monitor.data_wait / seconds, global_step=trainer.global_step)
     export_dir = out_dir / "backbone"
     if trainer.global_rank == 0:
         export_backbone(module.model, export_dir, mean, std, {
-            "seed": cfg.seed, "bank": str(bank_path), "fractal": OmegaConf.to_container(cfg.fractal, resolve=True),
-            "pretrain": OmegaConf.to_container(p, resolve=True), "arch": cfg.backbone.arch})
+            "seed": cfg.seed, "arch": cfg.backbone.arch, "global_step": trainer.global_step,
+            "bank": str(bank_path), "fractal": OmegaConf.to_container(cfg.fractal, resolve=True),
+            "pretrain": OmegaConf.to_container(p, resolve=True)})
         if mlflow.active_run():
             mlflow.log_metrics(metrics, step=trainer.global_step)
             if p.log_export:
                 mlflow.log_artifacts(str(export_dir), "backbone")
-    print(f"pretrain: {trainer.global_step} steps in {seconds:.0f} s "
-          f"({metrics['train_img_per_s']:.0f} img/s), exported to {export_dir}")
+        print(f"pretrain: {trainer.global_step} steps in {seconds:.0f} s: training "
+              f"{metrics['train_img_per_s']:.0f} img/s, waiting for data {100 * metrics['data_wait_fraction']:.0f}% "
+              f"of the time; export {export_dir}")
     return PretrainRecord(export_dir, metrics)

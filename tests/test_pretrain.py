@@ -1,0 +1,121 @@
+"""Pre-training: real Lightning training on fractals, recipes, global batch rule, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, runs_of
+from fractal_pretrain.generate import generate
+from fractal_pretrain.model import random_crop
+from fractal_pretrain.pretrain import check_pretrain_config, pretrain
+from run import ROOT
+
+
+def test_training_learns_a_five_class_fractal_problem(tiny_config, tmp_path):
+    cfg = tiny_config("fractal.num_classes=5", "pretrain.max_steps=100", "pretrain.batch_size=20",
+                      "pretrain.renders_per_system=20", "pretrain.val_renders_per_system=8",
+                      "pretrain.val_every_n_epochs=5", "pretrain.optimizer.lr=0.05")
+    record = pretrain(cfg, generate(cfg, tmp_path / "fractals").bank_path, tmp_path / "pretrain")
+    # chance is 20% and ln(5) = 1.61 nats; held-out renders are classified well above chance
+    assert record.metrics["val_acc"] > 0.45, record.metrics
+    assert record.metrics["train_loss_epoch"] < 1.3, record.metrics
+    assert record.metrics["global_step"] == 100
+    assert (tmp_path / "pretrain/train_batch.png").is_file()
+    assert (tmp_path / "pretrain/checkpoints/last.ckpt").is_file()
+
+
+def test_heavy_augmentation_recipe_trains(tiny_config, tmp_path):
+    cfg = tiny_config("fractal=ofdb", "pretrain=heavy_aug", "fractal.num_classes=4", "fractal.render.size=32",
+                      "fractal.render.n_points=2000", "pretrain.max_steps=4", "pretrain.batch_size=8",
+                      "pretrain.renders_per_system=4", "pretrain.val_renders_per_system=2", "pretrain.warmup_steps=2",
+                      "pretrain.crop_size=24")
+    record = pretrain(cfg, generate(cfg, tmp_path / "fractals").bank_path, tmp_path / "pretrain")
+    assert record.metrics["global_step"] == 4 and torch.isfinite(torch.tensor(record.metrics["train_loss_epoch"]))
+
+
+def test_global_batch_is_split_over_processes_and_must_divide():
+    from omegaconf import OmegaConf
+
+    p = OmegaConf.load(ROOT / "conf/pretrain/default.yaml")
+    p.batch_size = 64
+    assert check_pretrain_config(p, world=1) == 64
+    assert check_pretrain_config(p, world=4) == 16
+    with pytest.raises(ValueError, match="global batch"):
+        check_pretrain_config(p, world=3)
+
+
+def test_random_crop_is_per_image_and_seeded():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    a = random_crop(x, 4, torch.Generator().manual_seed(0))
+    b = random_crop(x, 4, torch.Generator().manual_seed(0))
+    assert a.shape == (2, 3, 4, 4) and torch.equal(a, b)
+
+
+def test_ddp_configuration_composes(tiny_config):
+    cfg = tiny_config("trainer=ddp")
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm and cfg.trainer.precision == "bf16-mixed"
+
+
+def run_py(*args, cwd) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_killed_pretraining_resumes_from_its_last_checkpoint(tmp_path):
+    job = tmp_path / "job"
+    args = [*TINY, "stages=[generate,pretrain]", "pretrain.max_steps=40", "pretrain.checkpoint_every_n_steps=5",
+            f"paths.outputs_dir={tmp_path}", f"hydra.run.dir={job}"]
+    proc = run_py(*args, cwd=tmp_path)
+    ckpt = job / "pretrain/checkpoints/last.ckpt"
+    deadline = time.monotonic() + 300
+    while not ckpt.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ckpt.is_file(), "no checkpoint was written"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    killed_at = torch.load(ckpt, weights_only=False, map_location="cpu")["global_step"]
+    assert 0 < killed_at < 40
+    assert not (job / "pretrain/backbone").exists(), "no export from an interrupted run"
+    assert "FAILED" in set(runs_of(f"sqlite:///{tmp_path}/mlflow.db")["status"])
+
+    resumed = run_py(*args, "pretrain.resume=auto", cwd=tmp_path)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out[-3000:]
+    assert f"resuming from {ckpt}" in out
+    meta = json.loads((job / "pretrain/backbone/fractal.json").read_text())
+    assert meta["global_step"] == 40
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes_trains_once_and_logs_once(tmp_path):
+    proc = run_py(*TINY, "stages=[generate,pretrain]", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                  "trainer.precision=32-true", "trainer.sync_batchnorm=false", f"paths.outputs_dir={tmp_path}",
+                  cwd=tmp_path)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert "Starting with 2 processes" in out or "MEMBER: 2/2" in out
+    runs = runs_of(f"sqlite:///{tmp_path}/mlflow.db")
+    assert sorted(runs["tags.stage"]) == ["generate", "pipeline", "pretrain"]  # rank 1 logged nothing
+    assert set(runs["status"]) == {"FINISHED"}
+    (export,) = Path(tmp_path, "runs").glob("*/pretrain/backbone")
+    assert json.loads((export / "fractal.json").read_text())["global_step"] == 4
+
+
+@pytest.mark.slow
+def test_a_sweep_that_would_pretrain_with_ddp_fails_early_with_the_fix(tmp_path):
+    proc = run_py("-m", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "seed=0,1",
+                  f"paths.outputs_dir={tmp_path}", cwd=tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert "cannot pre-train inside a -m sweep" in out and "backbone.weights=runs:/" in out
+    assert not list(Path(tmp_path).glob("multirun/*/*/fractals"))
