@@ -254,6 +254,8 @@ def preview_grid(bank: SystemBank, render_cfg: RenderConfig, seed: int, per_clas
     ``fractal`` config group, the images are those of its family (else single fractals)."""
     data = (make_dataset(fractal, bank, seed, per_class, PREVIEW) if fractal is not None
             else FractalImages(bank, render_cfg, seed, per_class, PREVIEW))
+    if isinstance(data, RenderKeys):  # GPU renderer: preview its CPU twin (same per-render draws)
+        data = data.images
     rows = []
     for c in range(min(bank.num_classes, max_classes)):
         tiles = []

@@ -13,29 +13,18 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
 
-def random_crop(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """An independent random ``size`` x ``size`` crop of every image of a batch (on its device)."""
-    n, _, h, w = x.shape
-    if size >= min(h, w):
-        return x
-    top = torch.randint(0, h - size + 1, (n,), generator=generator).tolist()
-    left = torch.randint(0, w - size + 1, (n,), generator=generator).tolist()
-    return torch.stack([x[i, :, t:t + size, l:l + size] for i, (t, l) in enumerate(zip(top, left))])
-
-
 class FractalClassifier(L.LightningModule):
     """Any timm architecture, random init; the FractalDB / Ugwu et al. recipe by default.
 
-    Batch-level augmentation lives here, not in the data loader, so it draws from the seeded
-    main-process generators and does not depend on the number of loader workers: the random crop
-    (the study renders 512 px and crops 224) and MixUp/CutMix of the follow-up's heavy recipe.
+    MixUp/CutMix (the follow-up's heavy recipe) act on whole batches and change the loss, so they
+    live here; they draw from the seeded main-process generators, whatever the loader workers.
     ``lr_milestones`` are fractions of all optimiser steps (the study decays by ``lr_gamma`` at
     epochs 30 and 60 of 100: 0.3, 0.6); ``schedule="cosine"`` uses linear warm-up then cosine.
     """
 
     def __init__(self, backbone: str, num_classes: int, optimizer: Callable[..., torch.optim.Optimizer],
                  schedule: str = "step", lr_milestones: Sequence[float] = (0.3, 0.6),
-                 lr_gamma: float = 0.1, warmup_steps: int = 0, crop_size: int | None = None,
+                 lr_gamma: float = 0.1, warmup_steps: int = 0,
                  mixup: Mapping | None = None):
         super().__init__()
         if schedule not in ("step", "cosine"):
@@ -51,18 +40,6 @@ class FractalClassifier(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        x, y = batch
-        if self.hparams.crop_size:
-            # training: random crop; evaluation: centre crop, so both see the same scale
-            if self.trainer.training:
-                x = random_crop(x, self.hparams.crop_size)
-            else:
-                top = (x.shape[-2] - self.hparams.crop_size) // 2
-                left = (x.shape[-1] - self.hparams.crop_size) // 2
-                x = x[..., top:top + self.hparams.crop_size, left:left + self.hparams.crop_size]
-        return x, y
 
     def training_step(self, batch, batch_idx):
         x, y = batch

@@ -23,13 +23,14 @@ import lightning as L
 import mlflow
 import numpy as np
 import timm
+import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from fractal_pretrain.data import TRAIN, VAL, EpochSampler, make_dataset
+from fractal_pretrain.data import TRAIN, VAL, EpochSampler, GpuBatchRenderer, RenderKeys, make_dataset
 from fractal_pretrain.generate import load_bank
 from fractal_pretrain.ifs import SystemBank
 from fractal_pretrain.model import FractalClassifier
@@ -41,8 +42,29 @@ class PretrainRecord:
     metrics: dict[str, float]
 
 
+def random_crop(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """An independent random ``size`` x ``size`` crop of every image of a batch (on its device)."""
+    n, _, h, w = x.shape
+    if size >= min(h, w):
+        return x
+    top = torch.randint(0, h - size + 1, (n,), generator=generator).tolist()
+    left = torch.randint(0, w - size + 1, (n,), generator=generator).tolist()
+    return torch.stack([x[i, :, t:t + size, l:l + size] for i, (t, l) in enumerate(zip(top, left))])
+
+
+def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
 class FractalDataModule(L.LightningDataModule):
-    """Training and held-out validation renders of one IFS bank, sharded by the trainer's rank."""
+    """Training and held-out validation renders of one IFS bank, sharded by the trainer's rank.
+
+    Batch-level input shaping happens on the device after transfer, drawing from the seeded
+    main-process generator (so it does not depend on the number of loader workers): rendering whole
+    batches on the GPU with ``fractal.renderer=torch``, and the random crop (the study renders
+    512 px and crops 224; validation is centre-cropped to the same size).
+    """
 
     def __init__(self, fractal: DictConfig, bank: SystemBank, seed: int, p: DictConfig, per_device_batch: int):
         super().__init__()
@@ -50,6 +72,18 @@ class FractalDataModule(L.LightningDataModule):
         self.train_set = make_dataset(fractal, bank, seed, p.renders_per_system, TRAIN, mean, std)
         self.val_set = make_dataset(fractal, bank, seed, p.val_renders_per_system, VAL, mean, std)
         self.seed, self.batch_size, self.workers = seed, per_device_batch, p.num_workers
+        self.crop_size = p.crop_size
+        self.gpu_render = {id(d): GpuBatchRenderer(d.images) for d in (self.train_set, self.val_set)
+                           if isinstance(d, RenderKeys)}
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.gpu_render:
+            dataset = self.train_set if self.trainer.training else self.val_set
+            batch = self.gpu_render[id(dataset)](batch, self.trainer.strategy.root_device)
+        x, y = batch
+        if self.crop_size:
+            x = random_crop(x, self.crop_size) if self.trainer.training else centre_crop(x, self.crop_size)
+        return x, y
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         sampler = EpochSampler(len(dataset), self.seed, shuffle=shuffle,
@@ -179,7 +213,7 @@ def pretrain(cfg: DictConfig, bank_path: str | Path, out_dir: str | Path) -> Pre
     module = FractalClassifier(cfg.backbone.arch, bank.num_classes,
                                optimizer=hydra.utils.instantiate(p.optimizer, _partial_=True),
                                schedule=p.schedule, lr_milestones=list(p.lr_milestones),
-                               lr_gamma=p.lr_gamma, warmup_steps=p.warmup_steps, crop_size=p.crop_size,
+                               lr_gamma=p.lr_gamma, warmup_steps=p.warmup_steps,
                                mixup=OmegaConf.to_container(p.mixup))
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=resume_checkpoint(p, ckpt_dir))

@@ -14,8 +14,7 @@ import torch
 
 from conftest import TINY, runs_of
 from fractal_pretrain.generate import generate
-from fractal_pretrain.model import random_crop
-from fractal_pretrain.pretrain import check_pretrain_config, pretrain
+from fractal_pretrain.pretrain import check_pretrain_config, pretrain, random_crop
 from run import ROOT
 
 
@@ -39,6 +38,16 @@ def test_heavy_augmentation_recipe_trains(tiny_config, tmp_path):
                       "pretrain.crop_size=24")
     record = pretrain(cfg, generate(cfg, tmp_path / "fractals").bank_path, tmp_path / "pretrain")
     assert record.metrics["global_step"] == 4 and torch.isfinite(torch.tensor(record.metrics["train_loss_epoch"]))
+
+
+def test_torch_renderer_feeds_training_whole_batches_on_the_device(tiny_config, tmp_path):
+    cfg = tiny_config("fractal.renderer=torch", "pretrain.max_steps=3", "pretrain.crop_size=24")
+    record = pretrain(cfg, generate(cfg, tmp_path / "fractals").bank_path, tmp_path / "pretrain")
+    assert record.metrics["global_step"] == 3
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "pretrain/train_batch.png")  # what the network saw: rendered, cropped
+    assert grid.size == (8 * 24, 24)
 
 
 def test_global_batch_is_split_over_processes_and_must_divide():
