@@ -43,3 +43,19 @@ def test_detector_targets_are_importable_anomalib_models(option, tmp_path):
 def test_tracking_uri_is_an_absolute_sqlite_path(tmp_path):
     cfg = compose_config(tmp_path)
     assert cfg.mlflow.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+@pytest.mark.parametrize("name,categories", [("study_mvtec", 15), ("study_visa", 12)])
+def test_study_grids_sweep_three_backbones_over_every_category(name, categories, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from evaluation.datasets import DATASETS
+
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"+experiment={name}", "backbone=random", f"paths.output_dir={tmp_path}"],
+                      return_hydra_config=True)
+    grid = cfg.hydra.sweeper.params
+    assert grid.backbone.split(",") == ["fractal", "imagenet", "random"]
+    assert sorted(grid["dataset.category"].split(",")) == sorted(DATASETS[cfg.dataset.name])
+    assert len(DATASETS[cfg.dataset.name]) == categories
+    assert cfg.backbone.arch == "wide_resnet50_2"  # kept whatever backbone source the sweep picks
