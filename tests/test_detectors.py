@@ -237,7 +237,8 @@ from pathlib import Path
 from detectors.backbone import resolve_backbone
 from detectors.detect import detect
 out = Path({out!r})
-cfg = compose_config(out, "backbone=random", "backbone.arch={arch}", "detector=patchcore", data_dir=out / "data")
+cfg = compose_config(out, "backbone=random", "backbone.arch={arch}", "detector=patchcore", "dataset.image_size=128",
+                     data_dir=out / "data")
 record = detect(cfg, resolve_backbone(cfg.backbone, None, out), out / "detect")
 print("RESULT", json.dumps({{"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                              "image_AUROC": record.metrics["image_AUROC"]}}))
