@@ -73,3 +73,9 @@ def test_incompatible_weights_are_named(tiny_config, tmp_path):
 def test_layers_absent_from_the_backbone_are_named(tiny_config):
     with pytest.raises(ValueError, match="layer9.*feature layers are"):
         run_pipeline(tiny_config("backbone=random", "detector.model.layers=[layer2,layer9]"))
+
+
+def test_negative_seed_is_refused_before_any_run_opens(tiny_config, tmp_path):
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        run_pipeline(tiny_config("seed=-3"))
+    assert not (tmp_path / "mlflow.db").exists()
