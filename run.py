@@ -25,10 +25,10 @@ if __name__ == "__main__" and any(os.environ.get(k) != v for k, v in MALLOC_ENV.
     os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
 
 import fcntl  # noqa: E402
-import time  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
+import time  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 
 import hydra  # noqa: E402
@@ -126,7 +126,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
         raise ValueError(f"pretrain.reuse must be true, false or auto, got {cfg.pretrain.reuse}")
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    (out_dir / "config.yaml").write_text(resolved)
     tracking.setup(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)
     sweep_run_id = os.environ.get(SWEEP_RUN_ENV)
     tags = {"backbone": cfg.backbone.source, "arch": cfg.backbone.arch, "detector": cfg.detector.name,
@@ -137,7 +138,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     metrics: dict[str, float] = {}
     with mlflow.start_run(run_name=f"{cfg.backbone.source}-{cfg.detector.name}-{cfg.dataset.category}",
                           parent_run_id=sweep_run_id, tags={**tags, "stage": "pipeline"}):
-        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        mlflow.log_text(resolved, "config.yaml")
         # fractal weights are made here unless an export was given; other backbones skip to detect
         if cfg.backbone.source == "fractal" and not cfg.backbone.weights:
             reuse = is_multirun() if cfg.pretrain.reuse == "auto" else cfg.pretrain.reuse
