@@ -24,12 +24,10 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
 if __name__ == "__main__" and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
     os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
 
-import fcntl  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
 
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
@@ -43,6 +41,7 @@ from detectors.detect import detect  # noqa: E402
 from evaluation import tracking  # noqa: E402
 from evaluation.metrics import HEADLINE, format_table  # noqa: E402
 from evaluation.sweep import SWEEP_RUN_ENV  # noqa: E402
+from fractal_pretrain.export import file_lock  # noqa: E402
 from fractal_pretrain.generate import generate  # noqa: E402
 from fractal_pretrain.pretrain import pretrain  # noqa: E402
 
@@ -59,18 +58,6 @@ def config_hash(cfg: DictConfig, keys: tuple[str, ...] | None = None) -> str:
 
 def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-@contextmanager
-def file_lock(path: Path):
-    """Exclusive lock across processes (parallel sweep jobs), released when the block ends."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def train_fractal_backbone(cfg: DictConfig, out_dir: Path, tags: dict) -> tuple[Path | None, str | None]:

