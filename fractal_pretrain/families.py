@@ -19,22 +19,22 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fractal_pretrain.ifs import SystemBank
-from fractal_pretrain.render import RenderConfig, derive_key, paste_nonblack, render_background, render_key
+from fractal_pretrain.render import RenderConfig, derive_key, maybe_blur, render_background, render_key, resize_paste
 
 FAMILIES = ("fractals", "multi_formula", "ofdb")
 
 
 @dataclass(frozen=True)
 class MultiFormulaConfig:
-    """Ugwu et al.'s Multi-Formula layout. ``n_points`` of the RenderConfig is the budget of a
-    fractal covering the whole canvas; a pasted fractal gets the share of its area, so the
-    point density per pixel matches a single-fractal render (and at least ``min_points``)."""
+    """Ugwu et al.'s Multi-Formula layout (``MultiGenerator`` in fractal4AD): n ~ U{min..max}
+    fractals (at most as many as the class has systems), each a system of the class drawn with
+    replacement, rendered at half the canvas size with ``n_points`` points, resized to
+    U(min_scale, max_scale) of the canvas at a position that may stick out by up to half the tile."""
 
     min_fractals: int = 4
     max_fractals: int = 10
     min_scale: float = 0.15
     max_scale: float = 0.6
-    min_points: int = 2000
 
     def __post_init__(self):
         if not 1 <= self.min_fractals <= self.max_fractals:
@@ -47,7 +47,7 @@ class MultiFormulaConfig:
 class Placement:
     system: int  # index into the bank
     size: int  # pixels, square
-    y: int
+    y: int  # top-left corner; may be negative (the tile sticks out)
     x: int
     key: int
 
@@ -59,28 +59,30 @@ def multi_formula_layout(bank: SystemBank, label: int, key: int, canvas: int,
     if len(systems) == 0:
         raise ValueError(f"class {label} has no systems in the bank")
     rng = np.random.Generator(np.random.PCG64(key))
-    n = int(rng.integers(mf.min_fractals, mf.max_fractals + 1))
+    n = min(int(rng.integers(mf.min_fractals, mf.max_fractals + 1)), len(systems))
     out = []
     for t in range(n):
-        size = max(8, min(canvas, int(round(rng.uniform(mf.min_scale, mf.max_scale) * canvas))))
-        y, x = (int(v) for v in rng.integers(0, canvas - size + 1, size=2))
-        out.append(Placement(int(systems[rng.integers(len(systems))]), size, y, x,
-                             derive_key(key, 0x5EED, t)))
+        system = int(systems[rng.integers(len(systems))])
+        size = max(1, int(rng.uniform(mf.min_scale, mf.max_scale) * canvas))
+        x, y = (int(v) for v in rng.integers(-(size // 2), canvas - size // 2, size=2))
+        out.append(Placement(system, size, y, x, derive_key(key, 0x5EED, t)))
     return out
 
 
 def render_multi_formula(bank: SystemBank, label: int, key: int, cfg: RenderConfig,
                          mf: MultiFormulaConfig) -> np.ndarray:
-    """One Multi-Formula canvas (uint8, like ``render_key``). Later fractals are pasted over
-    earlier ones where they are not black, so a tile's black margin never hides a neighbour."""
+    """One Multi-Formula canvas (uint8, like ``render_key``). Each tile is a fractal rendered at
+    half the canvas size in its bounding box (no window shift or scale), jittered, flipped and
+    coloured on its own, resized and pasted where it is not black; one blur on the whole canvas."""
     canvas = np.zeros((cfg.size, cfg.size, cfg.channels), dtype=np.uint8)
     if cfg.background:
         render_background(derive_key(key, 0xB6), cfg, out=canvas)
-    tile_cfg = replace(cfg, background=False)
+    tile_cfg = replace(cfg, size=max(cfg.size // 2, 8), background=False, blur_p=0.0, window_shift=0.0,
+                       window_scale_min=1.0, window_scale_max=1.0)
     for p in multi_formula_layout(bank, label, key, cfg.size, mf):
-        points = max(mf.min_points, int(cfg.n_points * (p.size / cfg.size) ** 2))
-        tile = render_key(*bank.system(p.system), p.key, replace(tile_cfg, size=p.size, n_points=points))
-        paste_nonblack(canvas, tile.reshape(p.size, p.size, cfg.channels), p.y, p.x)
+        tile = render_key(*bank.system(p.system), p.key, tile_cfg)
+        resize_paste(canvas, tile.reshape(tile_cfg.size, tile_cfg.size, cfg.channels), p.size, p.y, p.x)
+    maybe_blur(canvas, derive_key(key, 0xB1), cfg.blur_p)
     return canvas if cfg.color else canvas[..., 0]
 
 

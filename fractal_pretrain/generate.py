@@ -74,7 +74,7 @@ def generate(cfg: DictConfig, out_dir: str | Path) -> GenerateRecord:
     Image.fromarray(grid).save(preview_path)
 
     if mlflow.active_run():
-        fills = [fill_ratio(*bank.system(i), size=256, n_points=100_000, seed=i)
+        fills = [fill_ratio(*bank.system(i), size=512, n_points=100_000, seed=i)
                  for i in range(min(len(bank), FILL_SAMPLE))]
         mlflow.log_metrics({"num_systems": len(bank), "num_classes": bank.num_classes,
                             "sample_seconds": sample_s, "preview_seconds": preview_s,

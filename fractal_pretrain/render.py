@@ -1,25 +1,27 @@
-"""Rendering IFS attractors by the chaos game (numba on CPU).
+"""Rendering IFS attractors by the chaos game (numba on CPU), as the study's code renders them.
 
-One compiled kernel does a whole render: per-render jitter, the walk fused with the histogram
-(points are never stored), the 3x3 patch, density, HSV colour, diamond-square background, blur,
-written straight into a uint8 image. Python touches each render once, so the cost is the walk
-(about 5 ns per point) plus a few passes over the pixels. Two tricks keep the pixel passes cheap:
-the dihedral flip is folded into the point -> pixel transform (the histogram comes out flipped),
-and a pixel's colour depends on its hit count only, so colouring is a lookup in a per-render table.
+One compiled kernel does a whole render: per-render jitter, the walk, the histogram, the 3x3
+patch, colour, diamond-square background and blur, written straight into a uint8 image. The walk
+advances four independent walkers in lock-step (their dependency chains overlap in the CPU's
+pipeline) and stores the points (float32) so that the window is the bounding box of all of them,
+as in the reference; the dihedral flip is folded into the point -> pixel transform.
 
 Randomness: a render is a pure function of (system, 64-bit key, config). The kernel expands the key
 with splitmix64 into a fixed layout of draws (``_DRAW_*``), drawn whether or not the option using
 them is on, so switching one option (flip, blur, ...) leaves every other draw, and the walk,
-unchanged. The walk takes ten bits of a splitmix64 output per step, looked up in a 1024-entry table
-built from the map probabilities (p_k proportional to |det A_k|).
+unchanged. Each walker step takes 16 bits of a splitmix64 output and picks a map through an
+8192-entry table: p_k proportional to |det A_k| to within 1/8192
+(1/1024 at worst), every map reachable.
 
-Rendering choices follow Anderson & Farrell (WACV 2022) and Ugwu et al. (CVPR-W 2024), see
-PAPER.md: walk from the fixed point of map 1; window = bounding box of the points (here of a
-``bbox_fraction`` pre-walk), centre shifted by up to 20% of the extent, extent scaled by U(0.5, 2);
-graded density hits / max hits, or binary; random 3x3 stamp per point; HSV on black with a random
-hue offset, S in [0.3, 1], V in [0.5, 1]; 3x3 Gaussian blur with sigma in [0.5, 1] with
-probability ``blur_p``; diamond-square plasma background; one map scaled by U(0.8, 1.1) unless that
-breaks contractivity.
+Rendering rules of the reference (Anderson & Farrell's ``fractal-pretraining``, as used by Ugwu et
+al.'s ``fractal4AD``; PAPER.md): walk from the fixed point of map 1; window = bounding box of the
+points, each axis's centre shifted by U(-0.2, 0.2) of its extent and its extent scaled by
+U(0.5, 2) on its own, the box stretched to fill the square; graded density hits / max hits (or
+binary); 3x3 stamp per point with each cell on with probability 1/2; colour: every lit pixel gets
+the render's value V in [0.5, 1] and saturation S in [0.3, 1], the hue byte is (255 x density +
+offset) mod 256 in OpenCV's 8-bit HSV; diamond-square background; 3x3 Gaussian blur with sigma in
+[0.5, 1] with probability ``blur_p``; one random map scaled by U(0.8, 1.1), up to four tries,
+a try rejected if it breaks contractivity. Grey renders (``color=False``) give every lit pixel V.
 """
 
 from __future__ import annotations
@@ -40,14 +42,15 @@ import numpy as np  # noqa: E402
 
 numba.config.CACHE_DIR = CACHE_DIR
 
-TABLE_BITS = 10
-_STEPS_PER_DRAW = 64 // TABLE_BITS  # map choices taken from one 64-bit draw
+TABLE_BITS = 13  # map-choice table of 8192 entries, indexed by the top bits of a 16-bit field
+_WALKERS = 4  # interleaved chaos-game walkers, one 16-bit field of each 64-bit draw apiece
 M64 = (1 << 64) - 1
+JITTER_TRIES = 4  # Anderson & Farrell / Ugwu et al.: up to four draws before rendering unjittered
 
 # the fixed layout of per-render draws (see the module docstring)
 (_DRAW_JITTER_MAP, _DRAW_JITTER_FACTOR, _DRAW_WALK, _DRAW_SHIFT_X, _DRAW_SHIFT_Y, _DRAW_SCALE,
  _DRAW_PATCH, _DRAW_FLIP, _DRAW_HUE, _DRAW_SAT, _DRAW_VAL, _DRAW_BLUR, _DRAW_SIGMA, _DRAW_BG,
- _DRAW_BG_HUE, _DRAW_BG_SAT, _DRAW_BG_VAL, _DRAW_BG_ROUGH, N_DRAWS) = range(19)
+ _DRAW_BG_HUE, _DRAW_BG_SAT, _DRAW_BG_VAL, _DRAW_BG_ROUGH, _DRAW_SCALE_Y, N_DRAWS) = range(20)
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,6 @@ class RenderConfig:
     window_shift: float = 0.2  # window centre moves by up to this fraction of the extent
     window_scale_min: float = 0.5
     window_scale_max: float = 2.0
-    bbox_fraction: float = 0.1  # the window comes from a pre-walk of this share of n_points
 
     def __post_init__(self):
         if self.size < 8:
@@ -79,8 +81,6 @@ class RenderConfig:
             raise ValueError(f"blur_p is a probability, got {self.blur_p}")
         if not 0 < self.window_scale_min <= self.window_scale_max:
             raise ValueError("need 0 < window_scale_min <= window_scale_max")
-        if not 0.0 < self.bbox_fraction <= 1.0:
-            raise ValueError(f"bbox_fraction must be in (0, 1], got {self.bbox_fraction}")
 
     @property
     def channels(self) -> int:
@@ -106,18 +106,6 @@ def derive_key(*parts: int) -> int:
     for p in parts:
         h = _mix64(h ^ (int(p) & M64))
     return h
-
-
-def choice_table(p: np.ndarray) -> np.ndarray:
-    """Lookup table mapping a TABLE_BITS-bit random number to a map index with probability ~p
-    (the kernel builds the same table; this is the reference)."""
-    edges = np.cumsum(p) * (1 << TABLE_BITS)
-    return np.searchsorted(edges, np.arange(1 << TABLE_BITS) + 0.5).clip(0, len(p) - 1).astype(np.uint8)
-
-
-# ---------------------------------------------------------------------------------------------
-# kernel pieces
-# ---------------------------------------------------------------------------------------------
 
 
 @numba.njit(cache=True, inline="always")
@@ -152,38 +140,74 @@ def _spectral_norm2(a, b, c, d):
 
 
 @numba.njit(cache=True)
-def _jittered(A, b, enabled, u_map, u_factor):
-    """Copy of the system with one map scaled by U(0.8, 1.1), unless that map would stop being
-    a contraction (then the system is kept as is)."""
+def _jittered(A, b, enabled, seed):
+    """Copy of the system with one random map (A_k and b_k) scaled by U(0.8, 1.1), as the
+    reference does: up to ``JITTER_TRIES`` draws, a draw rejected if any map's largest singular
+    value then exceeds 1; the system unchanged if all are rejected."""
     A2 = A.copy()
     b2 = b.copy()
-    if enabled:
-        n = A.shape[0]
-        k = min(int(u_map * n), n - 1)
-        f = 0.8 + 0.3 * u_factor
-        if _spectral_norm2(A[k, 0, 0] * f, A[k, 0, 1] * f, A[k, 1, 0] * f, A[k, 1, 1] * f) < 1.0:
+    if not enabled:
+        return A2, b2
+    n = A.shape[0]
+    base = 0.0
+    for k in range(n):
+        base = max(base, _spectral_norm2(A[k, 0, 0], A[k, 0, 1], A[k, 1, 0], A[k, 1, 1]))
+    state = np.uint64(seed)
+    for _ in range(JITTER_TRIES):
+        state, r1 = _splitmix64(state)
+        state, r2 = _splitmix64(state)
+        k = min(int(_unit(r1) * n), n - 1)
+        f = 0.8 + 0.3 * _unit(r2)
+        top = base
+        # the other maps are unchanged: only map k's norm can move the maximum up
+        top = max(top, _spectral_norm2(A[k, 0, 0] * f, A[k, 0, 1] * f, A[k, 1, 0] * f, A[k, 1, 1] * f))
+        if top <= 1.0:
             for i in range(2):
                 b2[k, i] = b[k, i] * f
                 for j in range(2):
                     A2[k, i, j] = A[k, i, j] * f
+            return A2, b2
     return A2, b2
 
 
 @numba.njit(cache=True)
 def _table(A):
+    """Map-choice table: 2^13 entries holding map k in proportion to |det A_k| (largest-remainder
+    rounding), each map with at least one entry. A map's probability is then within 1/8192 of
+    p_k, and within 1/1024 even for the map that gives entries to degenerate (det = 0) maps; no
+    map is ever unreachable. 8 KiB: it stays in L1."""
     n = A.shape[0]
-    w = np.empty(n)
+    total = 1 << TABLE_BITS
+    w = np.zeros(n)
     for k in range(n):
-        w[k] = abs(A[k, 0, 0] * A[k, 1, 1] - A[k, 0, 1] * A[k, 1, 0]) + 1e-6
-    w /= w.sum()
-    edges = np.cumsum(w) * (1 << TABLE_BITS)
-    table = np.empty(1 << TABLE_BITS, dtype=np.uint8)
-    k = 0
-    for t in range(1 << TABLE_BITS):
-        while k < n - 1 and edges[k] < t + 0.5:
-            k += 1
-        table[t] = k
+        w[k] = abs(A[k, 0, 0] * A[k, 1, 1] - A[k, 0, 1] * A[k, 1, 0])
+    s = w.sum()
+    if not (s > 0 and np.isfinite(s)):
+        w[:] = 1.0
+        s = float(n)
+    exact = w / s * total
+    units = np.floor(exact).astype(np.int64)
+    rest = exact - units
+    for _ in range(total - units.sum()):  # the leftover entries go to the largest remainders
+        k = np.argmax(rest)
+        units[k] += 1
+        rest[k] = -1.0
+    for k in range(n):
+        if units[k] == 0:
+            units[k] = 1
+            units[np.argmax(units)] -= 1
+    table = np.empty(total, dtype=np.uint8)
+    t = 0
+    for k in range(n):
+        table[t:t + units[k]] = k
+        t += units[k]
     return table
+
+
+def choice_probabilities(A: np.ndarray) -> np.ndarray:
+    """The probability with which the kernel picks each map of ``A`` (for tests)."""
+    table = _table(np.ascontiguousarray(A, dtype=np.float64))
+    return np.bincount(table, minlength=len(A)) / len(table)
 
 
 @numba.njit(cache=True)
@@ -196,53 +220,86 @@ def _start_point(A, b):
     return (m11 * b[0, 0] - m01 * b[0, 1]) / det, (-m10 * b[0, 0] + m00 * b[0, 1]) / det
 
 
-@numba.njit(cache=True)
-def _walk_bbox(A, b, table, n, x, y, state):
-    """Walk ``n`` steps from (x, y); return the bounding box, the end point and the rng state."""
-    xmin, ymin, xmax, ymax = x, y, x, y
-    shift = np.uint64(64 - TABLE_BITS)
-    r = np.uint64(0)
-    for i in range(n):
-        if i % _STEPS_PER_DRAW == 0:
-            state, r = _splitmix64(state)
-        k = table[r >> shift]
-        r = r << np.uint64(TABLE_BITS)
-        x, y = A[k, 0, 0] * x + A[k, 0, 1] * y + b[k, 0], A[k, 1, 0] * x + A[k, 1, 1] * y + b[k, 1]
-        xmin, xmax = min(xmin, x), max(xmax, x)
-        ymin, ymax = min(ymin, y), max(ymax, y)
-    return xmin, ymin, xmax, ymax, x, y, state
+@numba.njit(cache=True, inline="always")
+def _step(co, table, bits, x, y):
+    # unsigned indices: numba then skips the negative-index fix-up (a third of the walk's time)
+    k = np.uint64(table[bits >> np.uint64(16 - TABLE_BITS)])
+    return (co[k, np.uint64(0)] * x + co[k, np.uint64(1)] * y + co[k, np.uint64(2)],
+            co[k, np.uint64(3)] * x + co[k, np.uint64(4)] * y + co[k, np.uint64(5)])
 
 
 @numba.njit(cache=True)
-def _walk_hist(A, b, table, n, x, y, state, px, hist):
-    """Walk ``n`` steps, counting hits in ``hist``. ``px`` (2x3) maps a point to (column, row)
-    pixel coordinates; the dihedral flip is folded into it, so the image comes out flipped at no
-    cost. ``hist`` is (size + 4)^2 with a 2-pixel margin, so points up to one pixel outside the
-    window are kept (their 3x3 stamp reaches inside) without per-stamp bounds checks."""
+def _walk(A, b, n, state):
+    """The chaos game from the fixed point of map 1: ``_WALKERS`` independent walkers advanced in
+    lock-step (their dependency chains overlap in the CPU's pipeline), each taking 16 bits of one
+    splitmix64 draw per step. Returns the points (float32, n rounded up to a multiple of the
+    walker count) and their bounding box."""
+    M = 8
+    if A.shape[0] > M:
+        raise ValueError("at most 8 maps per system")
+    table = _table(A)
+    co = np.zeros((M, 6))
+    for k in range(A.shape[0]):
+        co[k, 0], co[k, 1], co[k, 2] = A[k, 0, 0], A[k, 0, 1], b[k, 0]
+        co[k, 3], co[k, 4], co[k, 5] = A[k, 1, 0], A[k, 1, 1], b[k, 1]
+    x, y = _start_point(A, b)
+    x0 = x1 = x2 = x3 = x
+    y0 = y1 = y2 = y3 = y
+    steps = (n + _WALKERS - 1) // _WALKERS
+    pts = np.empty((steps * _WALKERS, 2), dtype=np.float32)
+    xmin, ymin, xmax, ymax = np.inf, np.inf, -np.inf, -np.inf
+    m16 = np.uint64(0xFFFF)
+    for s in range(steps):
+        state, r = _splitmix64(state)
+        x0, y0 = _step(co, table, r & m16, x0, y0)
+        x1, y1 = _step(co, table, (r >> np.uint64(16)) & m16, x1, y1)
+        x2, y2 = _step(co, table, (r >> np.uint64(32)) & m16, x2, y2)
+        x3, y3 = _step(co, table, r >> np.uint64(48), x3, y3)
+        # the box of the stored (float32) points, so the extreme points land on the border pixels
+        a0, b0, a1, b1 = np.float32(x0), np.float32(y0), np.float32(x1), np.float32(y1)
+        a2, b2, a3, b3 = np.float32(x2), np.float32(y2), np.float32(x3), np.float32(y3)
+        i = 4 * s
+        pts[i, 0], pts[i, 1], pts[i + 1, 0], pts[i + 1, 1] = a0, b0, a1, b1
+        pts[i + 2, 0], pts[i + 2, 1], pts[i + 3, 0], pts[i + 3, 1] = a2, b2, a3, b3
+        xmin = min(xmin, np.float64(min(min(a0, a1), min(a2, a3))))
+        xmax = max(xmax, np.float64(max(max(a0, a1), max(a2, a3))))
+        ymin = min(ymin, np.float64(min(min(b0, b1), min(b2, b3))))
+        ymax = max(ymax, np.float64(max(max(b0, b1), max(b2, b3))))
+    return pts, xmin, ymin, xmax, ymax
+
+
+@numba.njit(cache=True)
+def _bin(pts, px, hist):
+    """Count the points in ``hist``. ``px`` (2x3) maps a point to (column, row) pixel
+    coordinates; the dihedral flip is folded into it, so the image comes out flipped at no cost.
+    ``hist`` is (size + 4)^2 with a 2-pixel margin, so points up to one pixel outside the window
+    are kept (their 3x3 stamp reaches inside) without per-stamp bounds checks."""
     size = hist.shape[0] - 4
-    lo, hi = -1.0, size + 1.0
-    shift = np.uint64(64 - TABLE_BITS)
-    r = np.uint64(0)
-    c0, c1, c2, r0, r1, r2 = px[0, 0], px[0, 1], px[0, 2], px[1, 0], px[1, 1], px[1, 2]
-    for i in range(n):
-        if i % _STEPS_PER_DRAW == 0:
-            state, r = _splitmix64(state)
-        k = table[r >> shift]
-        r = r << np.uint64(TABLE_BITS)
-        x, y = A[k, 0, 0] * x + A[k, 0, 1] * y + b[k, 0], A[k, 1, 0] * x + A[k, 1, 1] * y + b[k, 1]
+    # shifted by 2 pixels (the margin): in-range points have positive coordinates, so the cast
+    # truncates like floor and the indices are unsigned (no negative-index fix-up)
+    lo, hi = 1.0, size + 3.0
+    c0, c1, c2, r0, r1, r2 = px[0, 0], px[0, 1], px[0, 2] + 2.0, px[1, 0], px[1, 1], px[1, 2] + 2.0
+    flat = hist.ravel()
+    W = np.uint64(hist.shape[1])
+    for i in range(pts.shape[0]):
+        x, y = np.float64(pts[i, 0]), np.float64(pts[i, 1])
         fx = c0 * x + c1 * y + c2
         fy = r0 * x + r1 * y + r2
-        # written so that NaN (a diverging FractalDB walk) fails the test and is skipped
-        if fx >= lo and fx < hi and fy >= lo and fy < hi:
-            hist[int(fy + 1.0) + 1, int(fx + 1.0) + 1] += 1
-    return state
+        # branch-free: a point outside the window (or NaN, from a diverging FractalDB walk, which
+        # fails every comparison) counts in cell 0, a margin cell that is never read; windows
+        # smaller than the attractor drop points at random, and a branch would mispredict
+        inside = fx >= lo and fx < hi and fy >= lo and fy < hi
+        fx = fx if inside else 0.0
+        fy = fy if inside else 0.0
+        flat[np.uint64(fy) * W + np.uint64(fx)] += 1
 
 
 @numba.njit(cache=True)
-def _pixel_transform(x0, y0, scale, size, flip_code):
-    """(column, row) = px @ (x, y, 1): the window, then the dihedral element ``flip_code`` (three
-    bits: swap axes, mirror rows, mirror columns; together all eight)."""
-    px = np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale]])
+def _pixel_transform(x0, y0, sx, sy, size, flip_code):
+    """(column, row) = px @ (x, y, 1): the window (``sx``, ``sy`` pixels per unit on each axis),
+    then the dihedral element ``flip_code`` (three bits: swap axes, mirror rows, mirror columns;
+    together all eight)."""
+    px = np.array([[sx, 0.0, -x0 * sx], [0.0, sy, -y0 * sy]])
     if (flip_code >> 2) & 1:
         px = px[::-1].copy()
     if (flip_code >> 1) & 1:
@@ -323,51 +380,46 @@ def _hsv(h, s, v, n):
 
 
 @numba.njit(cache=True, inline="always")
-def _density(h, peak, binary, log_density, log_peak):
-    if binary:
-        return 1.0 if h > 0 else 0.0
-    if log_density:
-        return np.log1p(h) / log_peak
-    return h / peak
-
-
-@numba.njit(cache=True, inline="always")
-def _hue(hue0, v):
-    h = hue0 + 0.5 * v  # hue drifts with density (Anderson & Farrell's colouring)
-    return h - 1.0 if h >= 1.0 else h
-
-
-@numba.njit(cache=True, inline="always")
 def _byte(v):
     v = v * 255.0 + 0.5
     return np.uint8(255) if v >= 255.0 else (np.uint8(0) if v <= 0.0 else np.uint8(v))
 
 
 @numba.njit(cache=True)
-def _blur3(img, sigma):
-    """Separable 3x3 Gaussian with edge padding, in place on (C, H, W)."""
+def _blur3(out, sigma):
+    """3x3 Gaussian on the uint8 (H, W, C) image in place, with OpenCV's default border
+    (reflect-101), as ``cv2.GaussianBlur(img, (3, 3), sigma)`` in the reference; separable, in
+    float32, rounded once at the end."""
     w1 = np.exp(-1.0 / (2.0 * sigma * sigma))
     w0 = np.float32(1.0 / (1.0 + 2.0 * w1))
     w1 = np.float32(w1 / (1.0 + 2.0 * w1))
-    C, H, W = img.shape
+    H, W, C = out.shape
+    img = np.empty((H, W), dtype=np.float32)
     tmp = np.empty((H, W), dtype=np.float32)
     for c in range(C):
         for i in range(H):
-            up, dn = max(i - 1, 0), min(i + 1, H - 1)
             for j in range(W):
-                tmp[i, j] = w1 * img[c, up, j] + w0 * img[c, i, j] + w1 * img[c, dn, j]
+                img[i, j] = out[i, j, c]
+        for i in range(H):
+            up = i - 1 if i > 0 else 1
+            dn = i + 1 if i < H - 1 else H - 2
+            for j in range(W):
+                tmp[i, j] = w1 * img[up, j] + w0 * img[i, j] + w1 * img[dn, j]
         for i in range(H):
             # edges apart, so the inner loop has no clamping and vectorises
-            img[c, i, 0] = w1 * tmp[i, 0] + w0 * tmp[i, 0] + w1 * tmp[i, 1]
+            img[i, 0] = w0 * tmp[i, 0] + 2 * w1 * tmp[i, 1]
             for j in range(1, W - 1):
-                img[c, i, j] = w1 * tmp[i, j - 1] + w0 * tmp[i, j] + w1 * tmp[i, j + 1]
-            img[c, i, W - 1] = w1 * tmp[i, W - 2] + w0 * tmp[i, W - 1] + w1 * tmp[i, W - 1]
+                img[i, j] = w1 * tmp[i, j - 1] + w0 * tmp[i, j] + w1 * tmp[i, j + 1]
+            img[i, W - 1] = w0 * tmp[i, W - 1] + 2 * w1 * tmp[i, W - 2]
+        for i in range(H):
+            for j in range(W):
+                out[i, j, c] = _byte(img[i, j] * (1.0 / 255.0))
 
 
 @numba.njit(cache=True)
-def _paint_background(img, counts, d):
+def _paint_background(out, counts, d):
     """Diamond-square plasma in a random colour wherever ``counts`` is 0 (the fractal stays on top)."""
-    C, size = img.shape[0], img.shape[1]
+    size, C = out.shape[0], out.shape[2]
     plasma = _diamond_square(size, d[_DRAW_BG], 0.45 + 0.25 * _unit(d[_DRAW_BG_ROUGH]))
     bh, bs = _unit(d[_DRAW_BG_HUE]), 0.3 + 0.7 * _unit(d[_DRAW_BG_SAT])
     bv = 0.2 + 0.4 * _unit(d[_DRAW_BG_VAL])
@@ -378,152 +430,169 @@ def _paint_background(img, counts, d):
                 if C == 3:
                     h = bh + 0.25 * p
                     h = h - 1.0 if h >= 1.0 else h
-                    img[0, i, j] = _hsv(h, bs, p * bv, 5.0)
-                    img[1, i, j] = _hsv(h, bs, p * bv, 3.0)
-                    img[2, i, j] = _hsv(h, bs, p * bv, 1.0)
+                    out[i, j, 0] = _byte(_hsv(h, bs, p * bv, 5.0))
+                    out[i, j, 1] = _byte(_hsv(h, bs, p * bv, 3.0))
+                    out[i, j, 2] = _byte(_hsv(h, bs, p * bv, 1.0))
                 else:
-                    img[0, i, j] = p * bv
-
-
-@numba.njit(cache=True)
-def _to_uint8(img, out):
-    """(C, H, W) float in [0, 1] -> (H, W, C) uint8."""
-    C, size = img.shape[0], img.shape[1]
-    for i in range(size):
-        for j in range(size):
-            for c in range(C):
-                out[i, j, c] = _byte(img[c, i, j])
+                    out[i, j, 0] = _byte(p * bv)
 
 
 @numba.njit(cache=True)
 def _background_kernel(key, out):
     d = _draws(key, N_DRAWS)
-    size, C = out.shape[0], out.shape[2]
-    img = np.zeros((C, size, size), dtype=np.float32)
-    _paint_background(img, np.zeros((size, size), dtype=np.int32), d)
-    _to_uint8(img, out)
+    _paint_background(out, np.zeros((out.shape[0], out.shape[1]), dtype=np.int32), d)
 
 
 @numba.njit(cache=True)
-def _colour_table(peak, C, binary, log_density, hue0, sat, val):
-    """Colour of every possible count 0..peak: a render has one hue offset, S and V, so a pixel's
-    colour depends on its count only, and the pixel pass becomes a table lookup."""
-    lut = np.zeros((peak + 1, C), dtype=np.float32)
-    log_peak = np.log1p(peak)
-    for h in range(1, peak + 1):
-        v = _density(h, peak, binary, log_density, log_peak)
+def _colour_bytes(C, sat8, val8):
+    """RGB bytes of each 8-bit hue h8 at the render's S and V, the reference's HSV convention:
+    OpenCV's 8-bit HSV, where hue h8 means h8 * 2 degrees and wraps past 180."""
+    lut = np.zeros((256, C), dtype=np.uint8)
+    s, v = sat8 / 255.0, val8 / 255.0
+    for h8 in range(256):
+        hue = h8 / 180.0
+        hue = hue - 1.0 if hue >= 1.0 else hue
         if C == 3:
-            hue = _hue(hue0, v)
-            lut[h, 0] = _hsv(hue, sat, v * val, 5.0)
-            lut[h, 1] = _hsv(hue, sat, v * val, 3.0)
-            lut[h, 2] = _hsv(hue, sat, v * val, 1.0)
+            lut[h8, 0] = _byte(_hsv(hue, s, v, 5.0))
+            lut[h8, 1] = _byte(_hsv(hue, s, v, 3.0))
+            lut[h8, 2] = _byte(_hsv(hue, s, v, 1.0))
         else:
-            lut[h, 0] = v
+            lut[h8, 0] = val8
     return lut
 
 
 @numba.njit(cache=True)
-def _render_kernel(A, b, key, size, n_points, bbox_points, binary, log_density, color, patch,
-                   flip, blur_p, jitter, background, window_shift, wmin, wmax, out):
-    """The whole render into ``out`` (size, size, C) uint8. Returns the window scale (pixels per
-    unit), 0 when the walk diverged (a black image)."""
-    d = _draws(key, N_DRAWS)
-    A, b = _jittered(A, b, jitter, _unit(d[_DRAW_JITTER_MAP]), _unit(d[_DRAW_JITTER_FACTOR]))
-    table = _table(A)
-    x, y = _start_point(A, b)
-    xmin, ymin, xmax, ymax, x, y, state = _walk_bbox(A, b, table, bbox_points, x, y, d[_DRAW_WALK])
-    extent = max(xmax - xmin, ymax - ymin, 1e-6)
-    C = out.shape[2]
-    if not (np.isfinite(extent) and extent < 1e12):
-        out[:] = 0
-        return 0.0
-    cx = 0.5 * (xmin + xmax) + (2.0 * _unit(d[_DRAW_SHIFT_X]) - 1.0) * window_shift * extent
-    cy = 0.5 * (ymin + ymax) + (2.0 * _unit(d[_DRAW_SHIFT_Y]) - 1.0) * window_shift * extent
-    extent *= wmin + (wmax - wmin) * _unit(d[_DRAW_SCALE])
-    scale = size / extent
-    flip_code = np.int64(d[_DRAW_FLIP] >> np.uint64(61)) if flip else np.int64(0)
-    px = _pixel_transform(cx - 0.5 * extent, cy - 0.5 * extent, scale, size, flip_code)
-    hist = np.zeros((size + 4, size + 4), dtype=np.int32)
-    _walk_hist(A, b, table, n_points, x, y, state, px, hist)
+def _colour_params(d):
+    """Hue offset in [0, 255), S and V as the reference's bytes (V in [0.5, 1], S in [0.3, 1])."""
+    return (255.0 * _unit(d[_DRAW_HUE]), np.int64((0.3 + 0.7 * _unit(d[_DRAW_SAT])) * 255.0),
+            np.int64((0.5 + 0.5 * _unit(d[_DRAW_VAL])) * 255.0))
 
+
+@numba.njit(cache=True)
+def _patch_mask(bits, patch):
+    """The 3x3 stamp: each cell on with probability 1/2 (the reference); the centre alone when no
+    patch, or when all nine bits came out 0 (the reference would render a black image)."""
     mask = np.zeros((3, 3), dtype=np.uint8)
-    mask[1, 1] = 1
     if patch:
-        bits = d[_DRAW_PATCH]
         for t in range(9):
             if (bits >> np.uint64(63 - t)) & np.uint64(1):
                 mask[t // 3, t % 3] = 1
-    counts = _stamp(hist, mask, size)
+    if mask.sum() == 0:
+        mask[1, 1] = 1
+    return mask
+
+
+@numba.njit(cache=True)
+def _render_kernel(A, b, key, size, n_points, binary, log_density, color, patch,
+                   flip, blur_p, jitter, background, window_shift, wmin, wmax, out):
+    """The whole render into ``out`` (size, size, C) uint8. Returns the window's pixels per unit
+    along x, 0 when the walk diverged (a black image)."""
+    d = _draws(key, N_DRAWS)
+    A, b = _jittered(A, b, jitter, d[_DRAW_JITTER_MAP])
+    pts, xmin, ymin, xmax, ymax = _walk(A, b, n_points, d[_DRAW_WALK])
+    ex, ey = xmax - xmin, ymax - ymin
+    if not (np.isfinite(ex) and np.isfinite(ey) and ex < 1e12 and ey < 1e12):
+        out[:] = 0
+        return 0.0
+    ex, ey = (ex if ex > 0 else 1.0), (ey if ey > 0 else 1.0)
+    # the reference's window: each axis of the bounding box shifted and scaled on its own, then
+    # stretched to fill the square
+    cx = 0.5 * (xmin + xmax) + (2.0 * _unit(d[_DRAW_SHIFT_X]) - 1.0) * window_shift * ex
+    cy = 0.5 * (ymin + ymax) + (2.0 * _unit(d[_DRAW_SHIFT_Y]) - 1.0) * window_shift * ey
+    ex *= wmin + (wmax - wmin) * _unit(d[_DRAW_SCALE])
+    ey *= wmin + (wmax - wmin) * _unit(d[_DRAW_SCALE_Y])
+    sx, sy = (size - 1) / ex, (size - 1) / ey
+    flip_code = np.int64(d[_DRAW_FLIP] >> np.uint64(61)) if flip else np.int64(0)
+    px = _pixel_transform(cx - 0.5 * ex, cy - 0.5 * ey, sx, sy, size, flip_code)
+    hist = np.zeros((size + 4, size + 4), dtype=np.int32)
+    _bin(pts[:n_points], px, hist)
+    counts = _stamp(hist, _patch_mask(d[_DRAW_PATCH], patch), size)
+
+    # the reference's colouring: every lit pixel has the render's value V and saturation S; the
+    # hue is the hue offset plus 255 x density, as a byte (mod 256)
     peak = max(counts.max(), 1)
-    hue0, sat, val = _unit(d[_DRAW_HUE]), 0.3 + 0.7 * _unit(d[_DRAW_SAT]), 0.5 + 0.5 * _unit(d[_DRAW_VAL])
-    blur = _unit(d[_DRAW_BLUR]) < blur_p
-    # a walk piled into a few pixels has a huge peak: colour those pixels one by one instead
-    if peak <= 4 * size * size:
-        lut = _colour_table(peak, C, binary, log_density, hue0, sat, val)
-    else:
-        lut = np.zeros((0, C), dtype=np.float32)
-
-    if not blur and not background and lut.shape[0] > 0:
-        lut8 = np.empty((peak + 1, C), dtype=np.uint8)
-        for h in range(peak + 1):
-            for c in range(C):
-                lut8[h, c] = _byte(lut[h, c])
-        for i in range(size):
-            for j in range(size):
-                h = counts[i, j]
-                for c in range(C):
-                    out[i, j, c] = lut8[h, c]
-        return scale
-
-    img = np.zeros((C, size, size), dtype=np.float32)
+    C = out.shape[2]
+    hue0, sat8, val8 = _colour_params(d)
+    lut = _colour_bytes(C, sat8, val8)
     log_peak = np.log1p(peak)
     for i in range(size):
         for j in range(size):
             h = counts[i, j]
             if h == 0:
-                continue
-            if lut.shape[0] > 0:
                 for c in range(C):
-                    img[c, i, j] = lut[h, c]
+                    out[i, j, c] = 0
+                continue
+            if binary:
+                v = 1.0
+            elif log_density:
+                v = np.log1p(h) / log_peak
             else:
-                v = _density(h, peak, binary, log_density, log_peak)
-                if C == 3:
-                    hue = _hue(hue0, v)
-                    img[0, i, j] = _hsv(hue, sat, v * val, 5.0)
-                    img[1, i, j] = _hsv(hue, sat, v * val, 3.0)
-                    img[2, i, j] = _hsv(hue, sat, v * val, 1.0)
-                else:
-                    img[0, i, j] = v
+                v = h / peak
+            h8 = np.int64(v * 255.0 + hue0) & 255
+            for c in range(C):
+                out[i, j, c] = lut[h8, c]
     if background:
-        _paint_background(img, counts, d)
-    if blur:
-        _blur3(img, 0.5 + 0.5 * _unit(d[_DRAW_SIGMA]))
-    _to_uint8(img, out)
-    return scale
+        _paint_background(out, counts, d)
+    if _unit(d[_DRAW_BLUR]) < blur_p:
+        _blur3(out, 0.5 + 0.5 * _unit(d[_DRAW_SIGMA]))
+    return sx
 
 
 @numba.njit(cache=True)
 def _fitted_fill_ratio(A, b, size, n_points, key):
-    table = _table(A)
-    x, y = _start_point(A, b)
-    state = np.uint64(key)
-    xmin, ymin, xmax, ymax, x, y, state = _walk_bbox(A, b, table, n_points, x, y, state)
-    extent = max(xmax - xmin, ymax - ymin, 1e-6)
-    if not (np.isfinite(extent) and extent < 1e12):
+    pts, xmin, ymin, xmax, ymax = _walk(A, b, n_points, np.uint64(key))
+    ex, ey = xmax - xmin, ymax - ymin
+    if not (np.isfinite(ex) and np.isfinite(ey) and ex < 1e12 and ey < 1e12):
         return 0.0
+    ex, ey = (ex if ex > 0 else 1.0), (ey if ey > 0 else 1.0)
     hist = np.zeros((size + 4, size + 4), dtype=np.int32)
-    # the same walk again, so the window holds every point
-    x, y = _start_point(A, b)
-    _walk_hist(A, b, table, n_points, x, y, np.uint64(key),
-               _pixel_transform(xmin, ymin, (size - 1e-9) / extent, size, np.int64(0)), hist)
+    _bin(pts[:n_points], _pixel_transform(xmin, ymin, (size - 1) / ex, (size - 1) / ey, size, np.int64(0)), hist)
     return (hist[2:size + 2, 2:size + 2] > 0).sum() / (size * size)
 
 
-def fitted_fill_ratio(A, b, size: int = 256, n_points: int = 100_000, seed: int = 0) -> float:
-    """FractalDB's filling rate: share of pixels hit when the window is the bounding box."""
+def fitted_fill_ratio(A, b, size: int = 512, n_points: int = 100_000, seed: int = 0) -> float:
+    """FractalDB's filling rate: share of pixels hit when the window is the bounding box,
+    stretched per axis to the square (as every render here)."""
     A = np.ascontiguousarray(A, dtype=np.float64)
     b = np.ascontiguousarray(b, dtype=np.float64)
     return float(_fitted_fill_ratio(A, b, size, n_points, np.uint64(seed & M64)))
+
+
+@numba.njit(cache=True)
+def _resize_paste(canvas, tile, s, y, x):
+    """Bilinear resize of ``tile`` to s x s (OpenCV's INTER_LINEAR: pixel centres aligned, no
+    antialiasing) pasted with its top-left at (y, x) where the resized pixel is not black; the
+    part outside the canvas is cut off."""
+    H, W, C = canvas.shape
+    t = tile.shape[0]
+    f = t / s
+    px = np.zeros(C)
+    for i in range(max(0, -y), min(s, H - y)):
+        sy = max((i + 0.5) * f - 0.5, 0.0)
+        y0 = min(int(sy), t - 1)
+        y1 = min(y0 + 1, t - 1)
+        wy = sy - y0
+        for j in range(max(0, -x), min(s, W - x)):
+            sx = max((j + 0.5) * f - 0.5, 0.0)
+            x0 = min(int(sx), t - 1)
+            x1 = min(x0 + 1, t - 1)
+            wx = sx - x0
+            lit = False
+            for c in range(C):
+                v = ((1 - wy) * ((1 - wx) * tile[y0, x0, c] + wx * tile[y0, x1, c])
+                     + wy * ((1 - wx) * tile[y1, x0, c] + wx * tile[y1, x1, c]))
+                px[c] = v
+                lit = lit or v >= 0.5
+            if lit:
+                for c in range(C):
+                    canvas[y + i, x + j, c] = _byte(px[c] * (1.0 / 255.0))
+
+
+@numba.njit(cache=True)
+def _maybe_blur_kernel(out, key, blur_p):
+    d = _draws(key, N_DRAWS)
+    if _unit(d[_DRAW_BLUR]) < blur_p:
+        _blur3(out, 0.5 + 0.5 * _unit(d[_DRAW_SIGMA]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,31 +608,29 @@ def render_key(A: np.ndarray, b: np.ndarray, key: int, cfg: RenderConfig,
     b = np.ascontiguousarray(b, dtype=np.float64)
     if out is None:
         out = np.empty((cfg.size, cfg.size, cfg.channels), dtype=np.uint8)
-    _render_kernel(A, b, np.uint64(key & M64), cfg.size, cfg.n_points,
-                   max(int(cfg.n_points * cfg.bbox_fraction), 100), cfg.binary, cfg.log_density,
+    if len(A) > 8:
+        raise ValueError(f"the renderer takes at most 8 maps per system, got {len(A)}")
+    _render_kernel(A, b, np.uint64(key & M64), cfg.size, cfg.n_points, cfg.binary, cfg.log_density,
                    cfg.color, cfg.patch, cfg.flip, float(cfg.blur_p), cfg.jitter, cfg.background,
                    float(cfg.window_shift), float(cfg.window_scale_min), float(cfg.window_scale_max), out)
     return out if cfg.color else out[..., 0]
 
 
-@numba.njit(cache=True)
-def paste_nonblack(canvas, tile, y, x):
-    """Copy ``tile`` (h, w, C) onto ``canvas`` at (y, x) wherever a tile pixel is not black."""
-    h, w, C = tile.shape
-    for i in range(h):
-        for j in range(w):
-            lit = False
-            for c in range(C):
-                lit = lit or tile[i, j, c] != 0
-            if lit:
-                for c in range(C):
-                    canvas[y + i, x + j, c] = tile[i, j, c]
+def resize_paste(canvas: np.ndarray, tile: np.ndarray, size: int, y: int, x: int) -> None:
+    """Resize ``tile`` (t, t, C) bilinearly to ``size`` and paste it on ``canvas`` (H, W, C) at
+    (y, x), where it is not black; (y, x) may lie outside, the overhang is cut off."""
+    _resize_paste(canvas, tile, size, y, x)
+
+
+def maybe_blur(img: np.ndarray, key: int, blur_p: float) -> None:
+    """In place: the 3x3 Gaussian blur of a render, with probability ``blur_p`` (drawn from key)."""
+    _maybe_blur_kernel(img, np.uint64(key & M64), float(blur_p))
 
 
 def render_background(key: int, cfg: RenderConfig, out: np.ndarray | None = None) -> np.ndarray:
     """The diamond-square background alone, (size, size, C) uint8 (Multi-Formula canvases)."""
     if out is None:
-        out = np.empty((cfg.size, cfg.size, cfg.channels), dtype=np.uint8)
+        out = np.zeros((cfg.size, cfg.size, cfg.channels), dtype=np.uint8)
     _background_kernel(np.uint64(key & M64), out)
     return out
 

@@ -37,8 +37,8 @@ SETTINGS = {
     "study512": ("fractals", 1, dict(size=512, n_points=100_000, color=True, patch=True, blur_p=0.5), {}),
     "background224": ("fractals", 1, dict(size=224, n_points=100_000, color=True, patch=False,
                                           blur_p=0.0, background=True), {}),
-    # 400k points over a 512 canvas: the same points per pixel as `default`
-    "multi_formula": ("multi_formula", 5, dict(size=512, n_points=400_000, color=True, patch=True,
+    # the study's Multi-Formula: 4-10 tiles of 100k points at 256 px on a 512 canvas
+    "multi_formula": ("multi_formula", 5, dict(size=512, n_points=100_000, color=True, patch=True,
                                                blur_p=0.5), {}),
     "ofdb": ("ofdb", 1, dict(size=256, n_points=100_000, color=True, patch=True, flip=False),
              {"augment": {"enabled": True}}),
