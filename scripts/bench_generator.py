@@ -34,7 +34,7 @@ SETTINGS = {
     # name: (family, systems_per_class, render config, extra family config)
     "grey256": ("fractals", 1, dict(size=256, n_points=100_000, color=False, patch=False, blur_p=0.0), {}),
     "default": ("fractals", 1, dict(size=256, n_points=100_000, color=True, patch=True, blur_p=0.5), {}),
-    "study512": ("fractals", 1, dict(size=512, n_points=100_000, color=True, patch=True, blur_p=0.5), {}),
+    "study512": ("fractals", 1, dict(size=512, n_points=100_000, color=True, patch=False, blur_p=0.5), {}),
     "background224": ("fractals", 1, dict(size=224, n_points=100_000, color=True, patch=False,
                                           blur_p=0.0, background=True), {}),
     # the study's Multi-Formula: 4-10 tiles of 100k points at 256 px on a 512 canvas
