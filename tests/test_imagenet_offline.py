@@ -139,3 +139,17 @@ def test_script_writes_the_export_and_checks_it(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "check tf_efficientnet_lite0, mean=std=0.5" in proc.stdout and "top-1 5/6" in proc.stdout
     assert offline.is_complete(tmp_path / "export")
+
+
+def test_detect_run_logs_the_weights_origin_and_input_scaling(tiny_config):
+    """A real (tiny) PatchCore job on the offline ImageNet arm: MLflow knows which weights it used."""
+    from conftest import runs_of
+    from run import run_pipeline
+
+    cfg = tiny_config("backbone=imagenet_offline", "detector=patchcore", "detector.log_images=0")
+    run_pipeline(cfg)
+    runs = runs_of(cfg.mlflow.tracking_uri)
+    detect = runs[runs["tags.stage"] == "detect"].iloc[0]
+    assert detect["status"] == "FINISHED"
+    assert offline.ORIGIN in detect["params.weights_origin"]
+    assert detect["params.input_mean"] == str((0.5, 0.5, 0.5))
