@@ -139,7 +139,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
                                     tags={**tags, **upstream}):
                 backbone = resolve_backbone(cfg.backbone, export_dir, out_dir)
                 mlflow.set_tags({"weights": backbone.weights, "normalization": cfg.backbone.normalization})
-                mlflow.log_params({"input_mean": str(backbone.mean), "input_std": str(backbone.std)})
+                mlflow.log_params({"input_mean": str(backbone.mean), "input_std": str(backbone.std),
+                                   "weights_origin": backbone.weights})  # e.g. timm hub timm/<arch>.<tag>
                 metrics = detect(cfg, backbone, out_dir / "detect").metrics
             mlflow.log_metrics({k: metrics[k] for k in HEADLINE if k in metrics})
             print("\n" + format_table([{**tags, **metrics}]) + "\n")

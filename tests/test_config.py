@@ -58,4 +58,4 @@ def test_study_grids_sweep_three_backbones_over_every_category(name, categories,
     assert grid.backbone.split(",") == ["fractal", "imagenet", "random"]
     assert sorted(grid["dataset.category"].split(",")) == sorted(DATASETS[cfg.dataset.name])
     assert len(DATASETS[cfg.dataset.name]) == categories
-    assert cfg.backbone.arch == "wide_resnet50_2"  # kept whatever backbone source the sweep picks
+    assert cfg.backbone.arch == "wide_resnet50_2.tv_in1k"  # kept whatever backbone source the sweep picks

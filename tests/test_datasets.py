@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -105,6 +106,45 @@ def test_mask_marks_exactly_the_altered_pixels(tmp_path):
             mask = np.asarray(Image.open(root / category / "ground_truth" / defect / "000_mask.png")) > 0
             np.testing.assert_array_equal(mask, (image != normal).any(axis=2))
             assert not (mask & ~shape.allowed).any(), "defect outside the object"
+
+
+def test_subtle_defects_stay_subtle_and_exact(tmp_path):
+    """The subtle types alter what their docstrings say: ``misplaced`` only rearranges pixels of the
+    same image, ``faint_scratch`` moves them by 10-18 grey levels, ``tint`` shifts colour at (nearly)
+    constant brightness; every mask equals the altered pixels."""
+    from evaluation import builtin
+
+    root = make_builtin_dataset(tmp_path / "ds", seed=4, **SMALL)
+    for c, category in enumerate(CATEGORIES):
+        for i in range(SMALL["n_test_defect"]):
+            for defect in ("misplaced", "faint_scratch", "tint"):
+                normal, _ = builtin._NORMALS[category](
+                    np.random.default_rng([4, c, 2 + DEFECTS.index(defect), i]), SMALL["image_size"])
+                image = np.asarray(Image.open(root / category / "test" / defect / f"{i:03d}.png")).astype(int)
+                mask = np.asarray(Image.open(root / category / "ground_truth" / defect / f"{i:03d}_mask.png")) > 0
+                np.testing.assert_array_equal(mask, (image != normal).any(axis=2))
+                diff = image[mask] - normal[mask].astype(int)
+                if defect == "misplaced":  # every new pixel value occurs in the normal image
+                    palette = {tuple(v) for v in normal.reshape(-1, 3)}
+                    assert all(tuple(v) in palette for v in image[mask])
+                elif defect == "faint_scratch":
+                    assert np.abs(diff).max() <= 18 and len(np.unique(np.sign(diff))) == 1
+                else:  # tint: a chroma shift of at most 16 levels, brightness within rounding
+                    assert np.abs(diff).max() <= 16 and np.abs(diff.sum(axis=1)).max() <= 3
+
+
+def test_a_build_of_an_older_format_is_regenerated(tmp_path):
+    from evaluation import builtin
+
+    root = make_builtin_dataset(tmp_path / "ds", seed=1, **SMALL)
+    params = json.loads((root / "builtin.json").read_text())
+    (root / "builtin.json").write_text(json.dumps({**params, "format_version": builtin.FORMAT_VERSION - 1,
+                                                   "defects": ["scratch", "hole", "stain"]}))
+    shutil.rmtree(root / "weave/test/tint")  # as an older build lacks the new types
+    assert make_builtin_dataset(tmp_path / "ds", seed=1, **SMALL) == root
+    assert json.loads((root / "builtin.json").read_text()) == params
+    assert (root / "weave/test/tint/000.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # nothing left aside
 
 
 def test_good_test_images_have_no_mask(dataset):

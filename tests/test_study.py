@@ -26,7 +26,7 @@ from detectors.layers import feature_layers, resolve_layers
 from run import run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
-ARCH = "efficientnet_lite0"
+ARCH = "tf_efficientnet_lite0"  # the offline ImageNet weights' architecture, shared by every arm
 DETECTORS = sorted(p.stem for p in Path(CONF_DIR, "detector").glob("*.yaml"))
 # efficientnet_lite0's feature layers by stride; ResNet's layerN plays the stride-2**(N+1) role
 LITE0_STAGES = {"layer1": "blocks.1", "layer2": "blocks.2", "layer3": "blocks.4", "layer4": "blocks.6"}
@@ -45,7 +45,7 @@ def test_study_grid_is_three_backbones_two_detectors_every_category(tmp_path):
     assert params.backbone.split(",") == ["fractal", "imagenet_offline", "random"]
     assert params.detector.split(",") == ["patchcore", "padim"]
     assert params["dataset.category"].split(",") == ["weave", "tiles", "washer"]
-    assert cfg.hydra.callbacks.imagenet_weights.export_dir == f"{tmp_path}/weights/efficientnet_lite0_imagenet"
+    assert cfg.hydra.callbacks.imagenet_weights.export_dir == f"{tmp_path}/weights/tf_efficientnet_lite0_imagenet"
 
 
 @pytest.mark.parametrize("backbone", ["fractal", "imagenet_offline", "random"])
@@ -56,7 +56,7 @@ def test_every_job_of_the_grid_uses_efficientnet_lite0(backbone, detector, tmp_p
     assert cfg.backbone.normalization == "imagenet"  # one input pipeline for every source
     assert resolve_layers(ARCH, cfg.detector.model.layers) == [LITE0_STAGES[x] for x in cfg.detector.model.layers]
     if backbone == "imagenet_offline":
-        assert cfg.backbone.weights == f"{tmp_path}/weights/efficientnet_lite0_imagenet"
+        assert cfg.backbone.weights == f"{tmp_path}/weights/tf_efficientnet_lite0_imagenet"
 
 
 def test_efficientnet_lite0_stages_are_mapped_by_stride():
@@ -131,4 +131,4 @@ def test_study_experiment_imagenet_beats_random_on_patchcore(tmp_path):
     assert set(table.index) == {"fractal", "imagenet", "random"} and set(table["detector"]) == {"patchcore"}
     assert table.loc["imagenet", "image_AUROC_mean"] > table.loc["random", "image_AUROC_mean"] + 0.2
     assert table.loc["imagenet", "pixel_AUROC_mean"] > table.loc["random", "pixel_AUROC_mean"]
-    assert (tmp_path / "weights/efficientnet_lite0_imagenet/model.safetensors").is_file()
+    assert (tmp_path / "weights/tf_efficientnet_lite0_imagenet/model.safetensors").is_file()
