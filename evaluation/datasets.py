@@ -14,7 +14,11 @@ cryptically: masks are paired with defect images by sorted position (so every de
 exactly one mask and no mask may be left over), only ``.png`` is read (other formats are skipped),
 and a missing root or category makes ``prepare_data`` start a download. Per dataset:
 
-* ``mvtec``/``builtin``: the layout above.
+* ``mvtec``/``builtin``: the layout above; ``mvtec`` takes any category folder (the user's own parts).
+* ``mvtec_ad2``: ``train/good``, ``test_public/{good,bad}``, ``test_public/ground_truth/bad/<stem>_mask.png``.
+* ``real_iad``: the split JSON (``realiad_jsons/...``) and every file it names under ``realiad_<res>/<category>``.
+* ``folder``: anomalib's ``Folder`` (``normal_dir``, ``abnormal_dir``, ``normal_test_dir``, optional
+  ``mask_dir``), see ``validate_folder``.
 * ``mvtec_loco``: as above, but masks are folders, ``ground_truth/<defect>/<stem>/000.png, 001.png ...``.
 * ``visa``: anomalib's converted ``<root>/visa_pytorch/<category>`` (MVTec layout, .JPG images,
   ``ground_truth/bad/<stem>.png``), or the raw download (``<root>/<category>/Data/...`` plus
@@ -127,7 +131,10 @@ def dataset_has_masks(d) -> bool:
 
 def validate_layout(name: str, root: str | Path, category: str) -> Path:
     """Check that ``root/category`` is a readable dataset in ``name``'s layout; return the category folder."""
-    if name not in DATASETS or name == "folder":
+    if name == "folder":
+        raise DatasetError("dataset=folder is described by its *_dir settings: validate it with "
+                           "validate_dataset(cfg.dataset) or validate_folder(...).")
+    if name not in DATASETS:
         raise DatasetError(
             f"Unknown dataset name {name!r}. Valid names: {', '.join(DATASETS)}. Set dataset.name to one of them."
         )
@@ -224,14 +231,7 @@ def _validate_mvtec(folder: Path, name: str, extensions: tuple[str, ...] = (".pn
                 raise DatasetError(
                     f"Defect image {image} has two masks, {candidates[0].name} and {candidates[1].name}, in "
                     f"{masks_dir}; keep exactly one (delete the other).")
-            mask = candidates[0]
-            image_size, mask_size = sizes.get(image) or _size(image), sizes.get(mask) or _size(mask)
-            if image_size != mask_size:
-                raise DatasetError(
-                    f"Mask {mask} is {mask_size[0]}x{mask_size[1]} but its image {image} is "
-                    f"{image_size[0]}x{image_size[1]} (width x height); a mask must match its image. "
-                    f"Replace the mask (or re-download the dataset)."
-                )
+            _check_same_size(candidates[0], image, sizes)
     if ground_truth.is_dir():
         expected = {(ground_truth / (mask_dir or d.name)) for d in defects}
         stems = {d.name: {p.stem for p in _images(d)} for d in defects}
