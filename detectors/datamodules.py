@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 
 import pandas as pd
+from anomalib.data import MVTecAD2 as AnomalibMVTecAD2
 from anomalib.data import MVTecLOCO as AnomalibMVTecLOCO
+from anomalib.data import RealIAD as AnomalibRealIAD
+from anomalib.data.utils import TestSplitMode, ValSplitMode
 
 
 class MVTecLOCO(AnomalibMVTecLOCO):
@@ -18,7 +22,50 @@ class MVTecLOCO(AnomalibMVTecLOCO):
     """
 
     def _setup(self, _stage: str | None = None) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the option is deprecated (pandas 4 drops it)
-            with pd.option_context("future.infer_string", False):
-                super()._setup(_stage)
+        with _object_strings():
+            super()._setup(_stage)
+
+
+@contextmanager
+def _object_strings():
+    """Let pandas build string columns with object dtype, as pandas 2 did (None and lists survive)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the option is deprecated (pandas 4 drops it)
+        with pd.option_context("future.infer_string", False):
+            yield
+
+
+
+class _StudySplits:
+    """Accept the split modes every dataset here uses, for anomalib datamodules that fix or omit them.
+
+    ``from_dir``: the test set is the dataset's own test images, normals included. ``synthetic``:
+    validation (checkpoints, F1 threshold) is training normals + synthetic anomalies, never the test set.
+    """
+
+    def __init__(self, *args, test_split_mode: str = "from_dir", val_split_mode: str = "synthetic",
+                 val_split_ratio: float = 0.2, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.test_split_mode = TestSplitMode(test_split_mode)
+        self.val_split_mode = ValSplitMode(val_split_mode)
+        self.val_split_ratio = val_split_ratio
+
+
+class MVTecAD2(_StudySplits, AnomalibMVTecAD2):
+    """anomalib 2.7's MVTec AD 2 datamodule, which passes no split modes to its base class.
+
+    Its base then runs with ``test_split_mode=none``: ``_create_test_split`` takes the normal images out
+    of ``test_public`` and never puts them back, leaving anomalies only (image AUROC undefined). Its own
+    ``validation/`` folder holds normals only, which cannot place a threshold. And under pandas >= 3 its
+    ``mask_path`` column turns the ``None`` of normal images into NaN, which anomalib's item validation
+    rejects ("Path must be None, a string, or Path object, got float"); built as pandas 2 did, it works.
+    """
+
+    def _setup(self, _stage: str | None = None) -> None:
+        with _object_strings():
+            super()._setup(_stage)
+
+
+class RealIAD(_StudySplits, AnomalibRealIAD):
+    """anomalib 2.7's Real-IAD datamodule, whose defaults (``test_split_mode=none``, which drops the normal
+    test images, and ``val_split_mode=same_as_test``) fit no study here and which takes no split ratio."""

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from detectors.backbone import Backbone
 from detectors.models import build_detector
 from evaluation.builtin import make_builtin_dataset
-from evaluation.datasets import validate_layout
+from evaluation.datasets import dataset_has_masks, validate_dataset
 from evaluation.metrics import study_evaluator
 from evaluation.plots import RocCollector, plot_roc
 
@@ -89,7 +89,7 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path) -> DetectRe
     out_dir = Path(out_dir)
     if d.name == "builtin":
         make_builtin_dataset(d.root, **d.builtin)
-    validate_layout(d.name, d.root, d.category)
+    validate_dataset(d)
     _leakage_guard(d.datamodule)
 
     pre_processor = PreProcessor(transform=Compose([
@@ -97,7 +97,7 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path) -> DetectRe
         Normalize(mean=list(backbone.mean), std=list(backbone.std)),
     ]))
     model = build_detector(cfg.detector.model, backbone, pre_processor=pre_processor,
-                           evaluator=study_evaluator(cfg.detector.aupro_fpr_limit))
+                           evaluator=study_evaluator(cfg.detector.aupro_fpr_limit, pixel=dataset_has_masks(d)))
     datamodule = hydra.utils.instantiate(d.datamodule, seed=cfg.seed)
     roc = RocCollector()
     selection = selection_callbacks(cfg, out_dir)

@@ -14,7 +14,11 @@ cryptically: masks are paired with defect images by sorted position (so every de
 exactly one mask and no mask may be left over), only ``.png`` is read (other formats are skipped),
 and a missing root or category makes ``prepare_data`` start a download. Per dataset:
 
-* ``mvtec``/``builtin``: the layout above.
+* ``mvtec``/``builtin``: the layout above; ``mvtec`` takes any category folder (the user's own parts).
+* ``mvtec_ad2``: ``train/good``, ``test_public/{good,bad}``, ``test_public/ground_truth/bad/<stem>_mask.png``.
+* ``real_iad``: the split JSON (``realiad_jsons/...``) and every file it names under ``realiad_<res>/<category>``.
+* ``folder``: anomalib's ``Folder`` (``normal_dir``, ``abnormal_dir``, ``normal_test_dir``, optional
+  ``mask_dir``), see ``validate_folder``.
 * ``mvtec_loco``: as above, but masks are folders, ``ground_truth/<defect>/<stem>/000.png, 001.png ...``.
 * ``visa``: anomalib's converted ``<root>/visa_pytorch/<category>`` (MVTec layout, .JPG images,
   ``ground_truth/bad/<stem>.png``), or the raw download (``<root>/<category>/Data/...`` plus
@@ -23,6 +27,7 @@ and a missing root or category makes ``prepare_data`` start a download. Per data
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,9 +47,22 @@ DATASETS: dict[str, tuple[str, ...]] = {
     ),
     "mvtec_loco": ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors"),
     "builtin": tuple(BUILTIN_CATEGORIES),
+    "mvtec_ad2": ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts"),
+    "real_iad": (
+        "audiojack", "bottle_cap", "button_battery", "end_cap", "eraser", "fire_hood", "mint", "mounts",
+        "pcb", "phone_battery", "plastic_nut", "plastic_plug", "porcelain_doll", "regulator",
+        "rolled_strip_base", "sim_card_set", "switch", "tape", "terminalblock", "toothbrush", "toy_brick",
+        "toy", "transistor1", "u_block", "usb_adaptor", "usb", "vcpill", "wooden_beads", "woodstick", "zipper",
+    ),
+    "folder": (),  # any data in anomalib's Folder layout; dataset.category is only its display name
 }  # fmt: skip
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Datasets whose category is any folder under root in their layout (the user's own parts), not only
+# the official names.
+OPEN_CATEGORIES = ("mvtec", "folder")
+
+# torchvision's list, which anomalib's Folder reads; any of them counts as an image for the checks.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
 
 _WHERE_TO_GET = {
     "mvtec": (
@@ -60,6 +78,18 @@ _WHERE_TO_GET = {
         "Download MVTec LOCO AD from the MVTec website (the 'MVTec LOCO AD' dataset page), extract it "
         "and set dataset.root=/abs/path to the folder that holds the category folders."
     ),
+    "mvtec_ad2": (
+        "Download MVTec AD 2 from the MVTec website (the 'MVTec AD 2' dataset page), extract it and set "
+        "dataset.root=/abs/path to the folder that holds the category folders (can/, fabric/, ...)."
+    ),
+    "real_iad": (
+        "Request access to Real-IAD on Hugging Face (REAL-IAD/Real-IAD), download and extract it and set "
+        "dataset.root=/abs/path to the folder that holds realiad_256/ (or realiad_512/, ...) and realiad_jsons/."
+    ),
+    "folder": (
+        "Set dataset.root=/abs/path to the folder that holds your normal_dir, abnormal_dir (and "
+        "normal_test_dir, mask_dir) sub-folders, or give those four as absolute paths."
+    ),
     "builtin": (
         "The built-in dataset is generated automatically by the pipeline "
         "(evaluation.builtin.make_builtin_dataset) before validation, so this folder should exist; "
@@ -67,6 +97,8 @@ _WHERE_TO_GET = {
         "make_builtin_dataset(root)."
     ),
 }
+
+log = logging.getLogger(__name__)
 
 # Below this many files, a thread pool costs more than it saves.
 _PARALLEL_MIN_FILES = 32
@@ -76,14 +108,42 @@ class DatasetError(ValueError):
     """The dataset name, category or on-disk layout is wrong; the message says what and how to fix it."""
 
 
+def validate_dataset(d) -> Path:
+    """Validate the dataset a ``dataset`` config group describes; return its category (or root) folder."""
+    if d.name == "folder":
+        folder = validate_folder(d.root, d.normal_dir, d.abnormal_dir, d.get("normal_test_dir"), d.get("mask_dir"))
+        if not dataset_has_masks(d):
+            log.warning("dataset %r has no masks (dataset.mask_dir is not set): image-level metrics only, "
+                        "pixel_AUROC and pixel_AUPRO are left out", d.category)
+        return folder
+    if d.name == "real_iad":
+        return validate_real_iad(d.root, d.category, d.datamodule.resolution, d.datamodule.json_path)
+    return validate_layout(d.name, d.root, d.category)
+
+
+def dataset_has_masks(d) -> bool:
+    """Whether the test split has ground-truth masks, i.e. pixel metrics are defined.
+
+    Only ``folder`` datasets may come without masks (no ``mask_dir``); every benchmark ships them.
+    """
+    return d.name != "folder" or bool(d.get("mask_dir"))
+
+
 def validate_layout(name: str, root: str | Path, category: str) -> Path:
-    """Check that ``root/category`` is a readable MVTec-style dataset; return the category folder."""
+    """Check that ``root/category`` is a readable dataset in ``name``'s layout; return the category folder."""
+    if name == "folder":
+        raise DatasetError("dataset=folder is described by its *_dir settings: validate it with "
+                           "validate_dataset(cfg.dataset) or validate_folder(...).")
     if name not in DATASETS:
         raise DatasetError(
             f"Unknown dataset name {name!r}. Valid names: {', '.join(DATASETS)}. Set dataset.name to one of them."
         )
     valid = DATASETS[name]
-    if category not in valid:
+    if name in OPEN_CATEGORIES:
+        if not category or category in (".", "..") or "/" in category or "\\" in category:
+            raise DatasetError(f"dataset.category={category!r} is not a folder name. Set it to the name of one "
+                               f"category folder under dataset.root (e.g. dataset.category=bottle).")
+    elif category not in valid:
         raise DatasetError(
             f"Unknown category {category!r} for dataset {name!r}. Valid categories: {', '.join(valid)}. "
             f"Set dataset.category to one of them."
@@ -97,6 +157,8 @@ def validate_layout(name: str, root: str | Path, category: str) -> Path:
     if name == "visa":
         return _validate_visa(root, category)
     folder = root / category
+    if not folder.is_dir() and name in OPEN_CATEGORIES:
+        raise DatasetError(_unknown_own_category(root, category))
     if not folder.is_dir():
         present = sorted(p.name for p in root.iterdir() if p.is_dir())
         hint = ""
@@ -114,7 +176,27 @@ def validate_layout(name: str, root: str | Path, category: str) -> Path:
 
     if name == "mvtec_loco":
         return _validate_loco(folder)
+    if name == "mvtec_ad2":
+        return _validate_mvtec_ad2(folder)
     return _validate_mvtec(folder, name)
+
+
+def _unknown_own_category(root: Path, category: str) -> str:
+    """MVTec layout with the user's own categories: list the category folders that are there."""
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "train").is_dir() and (p / "test").is_dir())
+    message = (f"Unknown category {category!r} for dataset 'mvtec': there is no folder {root / category}. "
+               f"Categories found under {root} (folders with train/ and test/): {', '.join(found) or 'none'}.")
+    official = DATASETS["mvtec"]
+    if any(name in official for name in found):  # looks like (part of) MVTec AD
+        missing = [name for name in official if name not in found]
+        message += (f" MVTec AD's categories are {', '.join(official)}"
+                    f"{f' ({len(missing)} missing here)' if missing else ''}.")
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        message += (f" {root} itself looks like a category folder (it has train/ and test/); set "
+                    f"dataset.root={root.parent} dataset.category={root.name}.")
+    return message + (" Set dataset.category to one of the folders found, or dataset.root to the folder that "
+                      "holds your category folder (<root>/<category>/train/good, test/good, test/<defect>, "
+                      "ground_truth/<defect>).")
 
 
 def _validate_mvtec(folder: Path, name: str, extensions: tuple[str, ...] = (".png",),
@@ -149,14 +231,7 @@ def _validate_mvtec(folder: Path, name: str, extensions: tuple[str, ...] = (".pn
                 raise DatasetError(
                     f"Defect image {image} has two masks, {candidates[0].name} and {candidates[1].name}, in "
                     f"{masks_dir}; keep exactly one (delete the other).")
-            mask = candidates[0]
-            image_size, mask_size = sizes.get(image) or _size(image), sizes.get(mask) or _size(mask)
-            if image_size != mask_size:
-                raise DatasetError(
-                    f"Mask {mask} is {mask_size[0]}x{mask_size[1]} but its image {image} is "
-                    f"{image_size[0]}x{image_size[1]} (width x height); a mask must match its image. "
-                    f"Replace the mask (or re-download the dataset)."
-                )
+            _check_same_size(candidates[0], image, sizes)
     if ground_truth.is_dir():
         expected = {(ground_truth / (mask_dir or d.name)) for d in defects}
         stems = {d.name: {p.stem for p in _images(d)} for d in defects}
@@ -251,6 +326,206 @@ def _validate_loco(folder: Path) -> Path:
                         f"Stray mask folder {masks_dir}: its image {image} does not exist. anomalib pairs "
                         f"masks with images by position, so it would misalign the others; delete it.")
     return folder
+
+
+def _validate_mvtec_ad2(folder: Path) -> Path:
+    """MVTec AD 2 as anomalib's ``MVTecAD2`` reads it (``.png`` only, masks paired by name)::
+
+        <category>/train/good/*.png
+        <category>/test_public/{good,bad}/*.png
+        <category>/test_public/ground_truth/bad/<stem>_mask.png
+
+    Only the public test split has ground truth; the private ones (``test_private*``) are not read.
+    ``validation/`` holds normals only and is not needed: we validate on training normals + synthetic
+    anomalies, as for the other datasets.
+    """
+    test = folder / "test_public"
+    for sub, what in ((folder / "train" / "good", "normal training images"), (test / "good", "normal test images"),
+                      (test / "bad", "anomalous test images"),
+                      (test / "ground_truth" / "bad", "the masks of test_public/bad, <stem>_mask.png")):
+        if not sub.is_dir() or not _images(sub):
+            raise DatasetError(
+                f"{'Empty' if sub.is_dir() else 'Missing'} folder {sub} ({what}). MVTec AD 2's layout is "
+                f"<root>/<category>/train/good, test_public/good, test_public/bad and "
+                f"test_public/ground_truth/bad; re-extract the dataset.")
+    sizes: dict[Path, tuple[int, int]] = {}
+    for sub in (folder / "train", test):
+        _check_formats(sub, (".png", ".PNG"), "mvtec_ad2")
+        sizes.update(_check_readable(sub))
+    masks_dir = test / "ground_truth" / "bad"
+    images = _images(test / "bad")
+    for image in images:
+        mask = masks_dir / f"{image.stem}_mask{image.suffix}"
+        if not mask.is_file():
+            raise DatasetError(f"No mask for anomalous test image {image}: expected {mask}. Add the mask or "
+                               f"remove the image (anomalib stops at the first missing mask).")
+        _check_same_size(mask, image, sizes)
+    stems = {image.stem for image in images}
+    for mask in _images(masks_dir):
+        if mask.stem.removesuffix("_mask") not in stems:
+            raise DatasetError(f"Stray mask {mask}: no test image {test / 'bad' / mask.stem.removesuffix('_mask')}"
+                               f"{mask.suffix} belongs to it, so the extraction is incomplete; restore the image "
+                               f"or delete the mask.")
+    return folder
+
+
+FOLDER_KEYS = ("normal_dir", "abnormal_dir", "normal_test_dir", "mask_dir")
+
+
+def validate_folder(root: str | Path | None, normal_dir, abnormal_dir, normal_test_dir=None, mask_dir=None) -> Path:
+    """Images in anomalib's ``Folder`` layout: each ``*_dir`` a folder (or list of folders) relative to
+    ``root`` or absolute, read recursively; ``mask_dir`` is optional (without it, image-level metrics only).
+
+    anomalib pairs masks with abnormal images by sorted path and only then checks that each image's
+    stem is part of its mask's, so with ``mask_dir`` every abnormal image needs exactly one mask named
+    like it (``<stem>.png`` or ``<stem>_mask.png``, same sub-folders) and no mask may be left over.
+    """
+    if root is not None:
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            problem = "is a file, not a folder" if root.exists() else "does not exist"
+            raise DatasetError(f"Dataset root {root} {problem} (dataset 'folder'). {_WHERE_TO_GET['folder']}")
+    for key, value, why in (("normal_dir", normal_dir, "the normal training images"),
+                            ("abnormal_dir", abnormal_dir, "the anomalous test images; without them image AUROC "
+                                                           "is undefined")):
+        if not value:
+            raise DatasetError(f"dataset.{key} is not set: it names the folder of {why}. Set dataset.{key}=<folder> "
+                               f"(relative to dataset.root).")
+    dirs: dict[str, list[Path]] = {}
+    for key, value in zip(FOLDER_KEYS, (normal_dir, abnormal_dir, normal_test_dir, mask_dir)):
+        if not value:
+            continue
+        dirs[key] = []
+        for entry in [value] if isinstance(value, (str, Path)) else list(value):
+            path = Path(entry).expanduser()
+            path = path if path.is_absolute() or root is None else root / path
+            if not path.is_dir():
+                problem = "is a file, not a folder" if path.exists() else "does not exist"
+                raise DatasetError(f"Folder {path} {problem} (dataset.{key}={entry}). Set dataset.{key} to a folder "
+                                   f"relative to dataset.root ({root}) or an absolute path.")
+            if not _all_images(path):
+                raise DatasetError(f"Folder {path} (dataset.{key}) holds no images "
+                                   f"({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}, searched recursively as anomalib "
+                                   f"does). Put the images there or point dataset.{key} at the right folder.")
+            dirs[key].append(path)
+    flat = [(key, path.resolve()) for key, paths in dirs.items() for path in paths]
+    for i, (key_a, a) in enumerate(flat):
+        for key_b, b in flat[i + 1:]:
+            if a == b or a in b.parents or b in a.parents:
+                raise DatasetError(
+                    f"dataset.{key_a} ({a}) and dataset.{key_b} ({b}) overlap. anomalib reads folders recursively, "
+                    f"so the same images would be used twice (e.g. for training and for testing); give each its "
+                    f"own folder.")
+    sizes: dict[Path, tuple[int, int]] = {}
+    for paths in dirs.values():
+        for path in paths:
+            sizes.update(_check_readable(path))
+    if "mask_dir" in dirs:
+        images = sorted((p for d in dirs["abnormal_dir"] for p in _all_images(d)), key=str)
+        masks = sorted((p for d in dirs["mask_dir"] for p in _all_images(d)), key=str)
+        mask_stems = {m.stem.removesuffix("_mask") for m in masks}
+        image_stems = {i.stem for i in images}
+        for image in images:
+            if image.stem not in mask_stems:
+                raise DatasetError(
+                    f"No mask for abnormal image {image}: expected {image.stem}.png or {image.stem}_mask.png in "
+                    f"dataset.mask_dir. anomalib pairs masks with images by position, so one missing mask "
+                    f"misaligns all others; add the mask, remove the image, or drop mask_dir (image-level "
+                    f"metrics only).")
+        for mask in masks:
+            if mask.stem.removesuffix("_mask") not in image_stems:
+                raise DatasetError(
+                    f"Mask {mask} has no abnormal image ({mask.stem.removesuffix('_mask')}.* in dataset.abnormal_dir). "
+                    f"anomalib pairs masks with images by position, so a mask without an image misaligns the "
+                    f"others; delete it or restore its image.")
+        for image, mask in zip(images, masks):
+            if mask.stem not in (image.stem, f"{image.stem}_mask") or len(images) != len(masks):
+                raise DatasetError(
+                    f"anomalib pairs masks with abnormal images by sorted path: image {image} would get mask "
+                    f"{mask} ({len(images)} images, {len(masks)} masks). Give each mask its image's file name "
+                    f"(<stem>.png or <stem>_mask.png) in the same sub-folder structure.")
+            _check_same_size(mask, image, sizes)
+    return root if root is not None else dirs["normal_dir"][0]
+
+
+REAL_IAD_RESOLUTIONS = ("256", "512", "1024", "raw")
+
+
+def validate_real_iad(root: str | Path, category: str, resolution: str | int = 256,
+                      json_path: str = "realiad_jsons/realiad_jsons/{category}.json") -> Path:
+    """Real-IAD as anomalib's ``RealIAD`` reads it: the JSON at ``<root>/<json_path>`` lists ``train`` and
+    ``test`` entries (``image_path``, ``mask_path`` relative to ``<root>/realiad_<resolution>/<category>``,
+    ``anomaly_class`` ``OK`` or a defect code). Every listed file must exist and decode, every anomalous
+    test image needs its mask (anomalib would fail reading an empty path), and training holds normals only.
+    """
+    if category not in DATASETS["real_iad"]:
+        raise DatasetError(f"Unknown category {category!r} for dataset 'real_iad'. Valid categories: "
+                           f"{', '.join(DATASETS['real_iad'])}. Set dataset.category to one of them.")
+    resolution = str(resolution)
+    if resolution not in REAL_IAD_RESOLUTIONS:
+        raise DatasetError(f"dataset.datamodule.resolution={resolution!r} is not a Real-IAD resolution; use one "
+                           f"of {', '.join(REAL_IAD_RESOLUTIONS)} (the realiad_<resolution>/ folder you have).")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        problem = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DatasetError(f"Dataset root {root} {problem} (dataset 'real_iad'). {_WHERE_TO_GET['real_iad']}")
+    folder = root / f"realiad_{resolution}" / category
+    if not folder.is_dir():
+        present = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise DatasetError(f"Category folder {folder} not found (dataset 'real_iad', resolution {resolution}). Folders "
+                           f"in {root}: {', '.join(present) or 'none'}. Extract realiad_{resolution}/{category} there, "
+                           f"or set dataset.datamodule.resolution to the resolution you have.")
+    json_file = root / str(json_path).format(category=category)
+    if not json_file.is_file():
+        raise DatasetError(f"Missing Real-IAD split file {json_file} (dataset.datamodule.json_path={json_path}). It "
+                           f"ships in realiad_jsons.zip; extract it into {root}.")
+    import json
+
+    try:
+        meta = json.loads(json_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"Cannot parse {json_file} ({exc}); restore it from realiad_jsons.zip.") from None
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(k), list) and meta[k] for k in ("train", "test")):
+        raise DatasetError(f"{json_file} must hold non-empty 'train' and 'test' lists; restore it from "
+                           f"realiad_jsons.zip.")
+    pairs, labels = [], []
+    for split in ("train", "test"):
+        for i, entry in enumerate(meta[split]):
+            where = f"{json_file} {split}[{i}]"
+            if not isinstance(entry, dict) or not entry.get("image_path") or "anomaly_class" not in entry:
+                raise DatasetError(f"{where} lacks image_path or anomaly_class ({entry!r}); restore the file.")
+            image = folder / entry["image_path"]
+            anomalous = entry["anomaly_class"] != "OK"
+            if split == "train" and anomalous:
+                raise DatasetError(f"{where} is an anomalous image ({entry['anomaly_class']}) in the training split; "
+                                   f"the detectors train on normals only. Restore the original split file.")
+            mask = folder / entry["mask_path"] if entry.get("mask_path") else None
+            if split == "test" and anomalous and mask is None:
+                raise DatasetError(f"{where}: anomalous test image {image} has no mask_path; anomalib needs a mask "
+                                   f"for every anomalous test image. Restore the original split file.")
+            for path in (image, mask):
+                if path is not None and not path.is_file():
+                    raise DatasetError(f"{where} names {path}, which does not exist. Re-extract "
+                                       f"realiad_{resolution}/{category}.")
+            pairs.append((image, mask))
+            labels.append((split, anomalous))
+    if not any(split == "test" and not bad for split, bad in labels) or not any(bad for _, bad in labels):
+        raise DatasetError(f"{json_file}: the test split needs both normal (OK) and anomalous images, or image AUROC "
+                           f"is undefined. Restore the original split file.")
+    paths = sorted({p for pair in pairs for p in pair if p is not None})
+    sizes = _decode_all(paths, json_file.parent)
+    for image, mask in pairs:
+        if mask is not None:
+            _check_same_size(mask, image, sizes)
+    return folder
+
+
+def _check_same_size(mask: Path, image: Path, sizes: dict[Path, tuple[int, int]]) -> None:
+    image_size, mask_size = sizes.get(image) or _size(image), sizes.get(mask) or _size(mask)
+    if image_size != mask_size:
+        raise DatasetError(
+            f"Mask {mask} is {mask_size[0]}x{mask_size[1]} but its image {image} is {image_size[0]}x{image_size[1]} "
+            f"(width x height); a mask must match its image. Replace the mask (or re-download the dataset).")
 
 
 VISA_CSV_COLUMNS = ("object", "split", "label", "image", "mask")
@@ -354,7 +629,11 @@ def _size(path: Path) -> tuple[int, int]:
 
 def _check_readable(folder: Path) -> dict[Path, tuple[int, int]]:
     """Decode every image under ``folder`` (in parallel); raise on the first unreadable one (sorted)."""
-    paths = _all_images(folder)
+    return _decode_all(_all_images(folder), folder)
+
+
+def _decode_all(paths: list[Path], folder: Path) -> dict[Path, tuple[int, int]]:
+    """Decode ``paths`` (in parallel); raise on the first unreadable one; return their sizes."""
     if len(paths) < _PARALLEL_MIN_FILES:
         results = [_probe(p) for p in paths]
     else:

@@ -14,20 +14,25 @@ HEADLINE = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
 VALIDATION = ("val_image_AUROC", "val_pixel_AUROC")
 
 
-def study_evaluator(aupro_fpr_limit: float = 0.3) -> Evaluator:
+def study_evaluator(aupro_fpr_limit: float = 0.3, pixel: bool = True) -> Evaluator:
     """Test: image AUROC and F1, pixel AUROC, AUPRO integrated up to ``aupro_fpr_limit`` FPR.
 
     Validation: image and pixel AUROC, for checkpoint selection. The F1 threshold itself is the
     post-processor's adaptive threshold, also fitted on the validation split.
+    ``pixel=False`` (a test set without masks): the test pixel metrics are left out, not reported;
+    validation keeps them, as its synthetic anomalies always come with masks.
     """
+    pixel_metrics = [
+        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=aupro_fpr_limit),
+    ] if pixel else []
     return Evaluator(val_metrics=[
         AUROC(fields=["pred_score", "gt_label"], prefix="val_image_"),
         AUROC(fields=["anomaly_map", "gt_mask"], prefix="val_pixel_", strict=False),
     ], test_metrics=[
         AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
         F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
-        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-        AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=aupro_fpr_limit),
+        *pixel_metrics,
     ])
 
 

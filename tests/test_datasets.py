@@ -221,7 +221,9 @@ def test_unknown_dataset(tmp_path):
 
 
 def test_unknown_category(tmp_path):
-    with pytest.raises(DatasetError, match=r"Unknown category 'botle'.*bottle, cable, capsule.*zipper"):
+    (tmp_path / "bottle" / "train").mkdir(parents=True)  # a root that looks like MVTec AD
+    (tmp_path / "bottle" / "test").mkdir()
+    with pytest.raises(DatasetError, match=r"Unknown category 'botle'.*found .*: bottle\..*bottle, cable, capsule.*zipper"):
         validate_layout("mvtec", tmp_path, "botle")
     with pytest.raises(DatasetError, match=r"weave, tiles, washer"):
         validate_layout("builtin", tmp_path, "bottle")
