@@ -14,11 +14,13 @@ from pathlib import Path
 import timm
 from omegaconf import DictConfig
 
+from console.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class BackboneError(ValueError):
+class BackboneError(UserError, ValueError):
     """The requested backbone weights cannot be found or do not fit the configured architecture."""
 
 

@@ -25,6 +25,7 @@ import timm
 import torch
 from torch import nn
 
+from console.errors import UserError
 from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD
 from fractal_pretrain.export import file_lock, write_export
 
@@ -36,7 +37,7 @@ EXPORT_NAME = f"{ARCH}_imagenet"
 PROVENANCE = "imagenet.json"
 
 
-class OfflineWeightsError(RuntimeError):
+class OfflineWeightsError(UserError, RuntimeError):
     """The weights package is missing, altered, or does not fit the timm architecture."""
 
 

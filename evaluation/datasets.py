@@ -29,6 +29,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from console.errors import UserError
 from evaluation.builtin import CATEGORIES as BUILTIN_CATEGORIES
 
 DATASETS: dict[str, tuple[str, ...]] = {
@@ -72,7 +73,7 @@ _WHERE_TO_GET = {
 _PARALLEL_MIN_FILES = 32
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """The dataset name, category or on-disk layout is wrong; the message says what and how to fix it."""
 
 
