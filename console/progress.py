@@ -64,8 +64,9 @@ class StepProgress(ProgressBar):
     def _line(self, trainer, pl_module) -> str:
         elapsed = time.perf_counter() - self.start
         known = self.total and math.isfinite(self.total)
-        count = f"{self.unit} {self.done}/{int(self.total)} ({100 * self.done / self.total:.0f}%)" if known \
-            else f"{self.unit} {self.done}"
+        unit = self.unit if self.phase == "fit" else "batch"
+        count = f"{unit} {self.done}/{int(self.total)} ({100 * self.done / self.total:.0f}%)" if known \
+            else f"{unit} {self.done}"
         parts = [f"{self.label} {self.phase}".strip(), count]
         if self.phase != "test":
             parts.append(_metrics(self.get_metrics(trainer, pl_module)))
