@@ -131,7 +131,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
 
     export_dir = pretrain_run_id = None
     metrics: dict[str, float] = {}
-    with mlflow.start_run(run_name=f"{cfg.backbone.source}-{cfg.detector.name}-{cfg.dataset.category}",
+    with mlflow.start_run(run_name=tracking.run_name(cfg),
                           parent_run_id=sweep_run_id, tags={**tags, "stage": "pipeline"}):
         mlflow.log_text(resolved, "config.yaml")
         # fractal weights are made here unless an export was given; other backbones skip to detect

@@ -16,12 +16,24 @@ from omegaconf import DictConfig, OmegaConf
 from console.logs import stage_header
 
 
+# MLflow 3.x opens an experiment without this tag in its GenAI view (an empty "Traces" overview);
+# with it the UI opens on the runs table, where the comparison is
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def setup(tracking_uri: str, experiment: str) -> None:
     """Point MLflow at the store and create the experiment (and the SQLite schema) once."""
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
+    if EXPERIMENT_KIND[0] not in mlflow.set_experiment(experiment).tags:
+        mlflow.set_experiment_tag(*EXPERIMENT_KIND)
+
+
+def run_name(cfg: DictConfig) -> str:
+    """``fractal / resnet18 / patchcore / mvtec:bottle / seed 0``: what the runs table lists."""
+    return (f"{cfg.backbone.source} / {cfg.backbone.arch} / {cfg.detector.name} / "
+            f"{cfg.dataset.name}:{cfg.dataset.category} / seed {cfg.seed}")
 
 
 def scalar_params(cfg: Mapping, prefix: str = "") -> dict[str, str | int | float | bool]:
