@@ -209,7 +209,7 @@ def where_it_went(cfg: DictConfig, log_file: str | None) -> None:
     if run is not None:
         log.info(f"MLflow run  {run.info.run_id} in experiment '{cfg.mlflow.experiment}' ({uri})")
         log.info(f"browse it   mlflow ui --backend-store-uri {uri}   then open "
-                 f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
+                 f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}?workflowType=machine_learning")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

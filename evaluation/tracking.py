@@ -16,8 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from console.logs import stage_header
 
 
-# MLflow 3.x opens an experiment without this tag in its GenAI view (an empty "Traces" overview);
-# with it the UI opens on the runs table, where the comparison is
+# Marks the experiment as model training, not GenAI. MLflow 3.x's UI reads this tag to choose the
+# experiment's view; 3.17.2's UI-wide "GenAI | Model training" switch (default GenAI: an empty
+# "Traces" overview) takes precedence, so the link run.py prints also carries
+# ?workflowType=machine_learning, which sets that switch.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
