@@ -23,9 +23,14 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
 
 if __name__ == "__main__" and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
     os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+# libraries' tqdm bars (anomalib's coreset selection) write carriage-return soup into log files;
+# tqdm reads TQDM_* once, when it is imported
+if not sys.stderr.isatty():
+    os.environ.setdefault("TQDM_DISABLE", "1")
 
 import hashlib  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
 
@@ -36,6 +41,9 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from console.errors import EXIT_USER_ERROR, ConfigError, UserError, format_user_error  # noqa: E402
+from console.logs import log  # noqa: E402
+from console.logs import setup as setup_logging  # noqa: E402
 from detectors.backbone import resolve_backbone  # noqa: E402
 from detectors.detect import detect  # noqa: E402
 from evaluation import tracking  # noqa: E402
@@ -69,8 +77,8 @@ def train_fractal_backbone(cfg: DictConfig, out_dir: Path, tags: dict) -> tuple[
             bank_path = generate(cfg, out_dir / "fractals").bank_path
     if "pretrain" in cfg.stages:
         if bank_path is None:
-            raise ValueError("the pretrain stage needs the generate stage in the same call: "
-                             "stages=[generate,pretrain,...]")
+            raise ConfigError("the pretrain stage needs the generate stage in the same call: "
+                              "stages=[generate,pretrain,...]")
         L.seed_everything(cfg.seed, workers=True)
         with tracking.stage_run("pretrain", cfg, groups=("fractal", "pretrain", "backbone", "trainer"),
                                 tags=tags, system_metrics=cfg.mlflow.system_metrics) as run:
@@ -90,7 +98,7 @@ def shared_fractal_backbone(cfg: DictConfig, out_dir: Path, tags: dict) -> tuple
     with file_lock(shared.with_name(key + ".lock")):
         if (shared / "run.json").is_file():
             run_id = json.loads((shared / "run.json").read_text())["pretrain_run_id"]
-            print(f"reusing backbone {shared} from pretrain run {run_id} (pretrain.reuse=false to retrain)")
+            log.info(f"reusing backbone {shared} from pretrain run {run_id} (pretrain.reuse=false to retrain)")
             return shared / "backbone", run_id
         export_dir, run_id = train_fractal_backbone(cfg, out_dir, tags)
         if export_dir is not None:
@@ -106,11 +114,11 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     """Run the configured stages under one parent MLflow run; return the detect metrics."""
     unknown = [s for s in cfg.stages if s not in STAGES]
     if unknown:
-        raise ValueError(f"unknown stages {unknown}; choose from {list(STAGES)}")
+        raise ConfigError(f"unknown stages {unknown}; choose from {list(STAGES)}")
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {cfg.seed!r}")
+        raise ConfigError(f"seed must be a non-negative integer, got {cfg.seed!r}")
     if cfg.pretrain.reuse not in (True, False, "auto"):
-        raise ValueError(f"pretrain.reuse must be true, false or auto, got {cfg.pretrain.reuse}")
+        raise ConfigError(f"pretrain.reuse must be true, false or auto, got {cfg.pretrain.reuse}")
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
@@ -123,7 +131,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
 
     export_dir = pretrain_run_id = None
     metrics: dict[str, float] = {}
-    with mlflow.start_run(run_name=f"{cfg.backbone.source}-{cfg.detector.name}-{cfg.dataset.category}",
+    with mlflow.start_run(run_name=tracking.run_name(cfg),
                           parent_run_id=sweep_run_id, tags={**tags, "stage": "pipeline"}):
         mlflow.log_text(resolved, "config.yaml")
         # fractal weights are made here unless an export was given; other backbones skip to detect
@@ -143,7 +151,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
                                    "weights_origin": backbone.weights})  # e.g. timm hub timm/<arch>.<tag>
                 metrics = detect(cfg, backbone, out_dir / "detect").metrics
             mlflow.log_metrics({k: metrics[k] for k in HEADLINE if k in metrics})
-            print("\n" + format_table([{**tags, **metrics}]) + "\n")
+            log.info("\n" + format_table([{**tags, **metrics}]) + "\n")
     return metrics
 
 
@@ -176,7 +184,7 @@ def check_launch(cfg: DictConfig) -> None:
     strategy = str(cfg.trainer.get("strategy", "auto"))
     trains = cfg.backbone.source == "fractal" and not cfg.backbone.weights and "pretrain" in cfg.stages
     if is_multirun() and trains and strategy.startswith("ddp") and "spawn" not in strategy:
-        raise ValueError(
+        raise ConfigError(
             f"trainer.strategy={strategy} cannot pre-train inside a -m sweep (DDP re-executes the "
             f"command line, -m included). Pre-train as a single run: python run.py trainer=ddp "
             f"stages=[generate,pretrain], then sweep the detectors with backbone.weights=runs:/<pretrain "
@@ -194,16 +202,42 @@ def select_gpu_for_job() -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(HydraConfig.get().job.num % count)
 
 
+def where_it_went(cfg: DictConfig, log_file: str | None) -> None:
+    """The last lines of a run: its folder, its MLflow run and how to look at it."""
+    run = mlflow.last_active_run()  # the pipeline's parent run: the last one to end
+    uri = cfg.mlflow.tracking_uri
+    log.info(f"run folder  {cfg.paths.output_dir}" + (f"  (log: {Path(log_file).name})" if log_file else ""))
+    if run is not None:
+        log.info(f"MLflow run  {run.info.run_id} in experiment '{cfg.mlflow.experiment}' ({uri})")
+        log.info(f"browse it   mlflow ui --backend-store-uri {uri}   then open "
+                 f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}?workflowType=machine_learning")
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     # a plain `kill` ends the runs as FAILED too, instead of leaving them RUNNING
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    check_launch(cfg)
-    if is_secondary_rank():
-        join_pretraining(cfg)
-        return None
-    select_gpu_for_job()
-    metrics = run_pipeline(cfg)
+    log_file = setup_logging(verbose=bool(cfg.get("verbose", False)))
+    try:
+        check_launch(cfg)
+        if is_secondary_rank():
+            join_pretraining(cfg)
+            return None
+        select_gpu_for_job()
+        trains = cfg.backbone.source == "fractal" and not cfg.backbone.weights
+        stages = [s for s in cfg.stages if trains or s == "detect"]
+        log.info(f"fractal-ad: stages {', '.join(stages)}; backbone {cfg.backbone.source} {cfg.backbone.arch}, "
+                 f"detector {cfg.detector.name}, dataset {cfg.dataset.name}:{cfg.dataset.category}, seed {cfg.seed}")
+        metrics = run_pipeline(cfg)
+    except UserError as err:
+        # the user's input is wrong, not the code: what, where and the fix, without a traceback (the
+        # MLflow runs have already ended FAILED on their way out); HYDRA_FULL_ERROR=1 shows it as usual
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        logging.getLogger("user_error").warning("the run stopped on this user error", exc_info=err)  # log file only
+        print(format_user_error(err, log_file), file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    where_it_went(cfg, log_file)
     return metrics.get(cfg.objective)
 
 

@@ -20,11 +20,13 @@ import timm
 from timm.models import split_model_name_tag
 from omegaconf import DictConfig
 
+from console.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class BackboneError(ValueError):
+class BackboneError(UserError, ValueError):
     """The requested backbone weights cannot be found or do not fit the configured architecture."""
 
 

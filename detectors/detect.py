@@ -15,6 +15,8 @@ import lightning as L
 import mlflow
 from omegaconf import DictConfig
 
+from console.errors import ConfigError
+from console.progress import StepProgress
 from detectors.backbone import Backbone
 from detectors.models import build_detector
 from evaluation.builtin import make_builtin_dataset
@@ -57,7 +59,7 @@ def _leakage_guard(datamodule_cfg: DictConfig) -> None:
     """The validation split picks checkpoints and thresholds: it must never be the test set."""
     mode = str(datamodule_cfg.get("val_split_mode", "same_as_test")).lower()
     if mode in ("same_as_test", "from_test", "valsplitmode.same_as_test", "valsplitmode.from_test"):
-        raise ValueError(
+        raise ConfigError(
             f"dataset.datamodule.val_split_mode={mode} validates on test images, so checkpoint selection "
             f"and the F1 threshold would see the test set. Use 'synthetic' (training normals + synthetic "
             f"anomalies), 'from_train' or 'from_dir'.")
@@ -85,7 +87,7 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path) -> DetectRe
 
     d = cfg.dataset
     if d.image_size < 32:
-        raise ValueError(f"dataset.image_size must be >= 32 pixels, got {d.image_size}")
+        raise ConfigError(f"dataset.image_size must be >= 32 pixels, got {d.image_size}")
     out_dir = Path(out_dir)
     if d.name == "builtin":
         make_builtin_dataset(d.root, **d.builtin)
@@ -104,7 +106,8 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path) -> DetectRe
     # one device: multi-GPU belongs to pre-training; sweeps spread detect jobs over GPUs instead
     engine = Engine(accelerator=cfg.trainer.accelerator, devices=1,
                     default_root_dir=out_dir, logger=False, max_epochs=cfg.detector.get("max_epochs", 1),
-                    callbacks=[*selection, roc])
+                    enable_model_summary=cfg.get("verbose", False),
+                    callbacks=[*selection, roc, StepProgress("detect")])
 
     L.seed_everything(cfg.seed, workers=True)  # synthetic validation anomalies, coreset, init
     start = time.perf_counter()

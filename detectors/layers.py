@@ -18,6 +18,8 @@ from functools import lru_cache
 
 import timm
 
+from console.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class FeatureLayer:
@@ -53,7 +55,7 @@ def resolve_layers(arch: str, layers: list[str] | tuple[str, ...]) -> list[str]:
         else:
             missing.append(layer)
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"detector layers {missing} do not exist in {arch}; its feature layers are {names} "
             f"(strides {[f.reduction for f in available]}). Set detector.model.layers to names from that "
             f"list, or to layer1..layer4 for the stages at stride 4..32.")

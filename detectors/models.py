@@ -30,6 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from console.errors import ConfigError
 from detectors.backbone import Backbone
 from detectors.layers import layer_channels, layer_indices, resolve_layers
 
@@ -61,7 +62,7 @@ def build_detector(model_cfg: DictConfig, backbone: Backbone, **components: Any)
     kwargs = OmegaConf.to_container(model_cfg, resolve=True)
     kwargs.pop("_target_")
     if cls.__name__ in UNSUPPORTED:
-        raise ValueError(f"{cls.__name__} cannot take a swappable backbone: {UNSUPPORTED[cls.__name__]}.")
+        raise ConfigError(f"{cls.__name__} cannot take a swappable backbone: {UNSUPPORTED[cls.__name__]}.")
     if "layers" in kwargs:
         kwargs["layers"] = resolve_layers(backbone.arch, kwargs["layers"])
     if "layer" in kwargs:
@@ -178,10 +179,10 @@ def _reverse_distillation():
         def __init__(self, backbone: str, arch: str, pre_trained: bool, layers, anomaly_map_mode="add",
                      **components) -> None:
             if arch not in decoders:
-                raise ValueError(f"Reverse Distillation has a decoder only for {', '.join(decoders)}; "
-                                 f"backbone.arch={arch} is not one of them. Use one of those or another detector.")
+                raise ConfigError(f"Reverse Distillation has a decoder only for {', '.join(decoders)}; "
+                                  f"backbone.arch={arch} is not one of them. Use one of those or another detector.")
             if len(layers) != 3:
-                raise ValueError(f"Reverse Distillation's decoder mirrors three encoder stages; got layers={layers}.")
+                raise ConfigError(f"Reverse Distillation's decoder mirrors three encoder stages; got layers={layers}.")
             # built on the architecture name without weights (no download), then given our encoder
             super().__init__(backbone=arch, layers=layers, anomaly_map_mode=anomaly_map_mode, pre_trained=False,
                              **components)

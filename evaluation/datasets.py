@@ -34,6 +34,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from console.errors import UserError
 from evaluation.builtin import CATEGORIES as BUILTIN_CATEGORIES
 
 DATASETS: dict[str, tuple[str, ...]] = {
@@ -104,7 +105,7 @@ log = logging.getLogger(__name__)
 _PARALLEL_MIN_FILES = 32
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """The dataset name, category or on-disk layout is wrong; the message says what and how to fix it."""
 
 

@@ -13,13 +13,29 @@ from pathlib import Path
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
+from console.logs import stage_header
+
+
+# Marks the experiment as model training, not GenAI. MLflow 3.x's UI reads this tag to choose the
+# experiment's view; 3.17.2's UI-wide "GenAI | Model training" switch (default GenAI: an empty
+# "Traces" overview) takes precedence, so the link run.py prints also carries
+# ?workflowType=machine_learning, which sets that switch.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
 
 def setup(tracking_uri: str, experiment: str) -> None:
     """Point MLflow at the store and create the experiment (and the SQLite schema) once."""
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
+    if EXPERIMENT_KIND[0] not in mlflow.set_experiment(experiment).tags:
+        mlflow.set_experiment_tag(*EXPERIMENT_KIND)
+
+
+def run_name(cfg: DictConfig) -> str:
+    """``fractal / resnet18 / patchcore / mvtec:bottle / seed 0``: what the runs table lists."""
+    return (f"{cfg.backbone.source} / {cfg.backbone.arch} / {cfg.detector.name} / "
+            f"{cfg.dataset.name}:{cfg.dataset.category} / seed {cfg.seed}")
 
 
 def scalar_params(cfg: Mapping, prefix: str = "") -> dict[str, str | int | float | bool]:
@@ -36,12 +52,29 @@ def scalar_params(cfg: Mapping, prefix: str = "") -> dict[str, str | int | float
     return out
 
 
+def stage_summary(stage: str, cfg: DictConfig) -> str:
+    """What a stage is about to do, for its console header."""
+    if stage == "generate":
+        f = cfg.fractal
+        return f"{f.num_classes} classes x {f.systems_per_class} IFS systems ({f.get('family', 'fractals')})"
+    if stage == "pretrain":
+        p = cfg.pretrain
+        return (f"{cfg.backbone.arch} from scratch, {p.max_steps} steps of {p.batch_size} images "
+                f"({cfg.fractal.render.size} px renders) on {cfg.trainer.accelerator}")
+    if stage == "detect":
+        d = cfg.dataset
+        return (f"{cfg.detector.name} on {cfg.backbone.source} {cfg.backbone.arch}, "
+                f"{d.name}:{d.category} at {d.image_size} px")
+    return ""
+
+
 @contextmanager
 def stage_run(stage: str, cfg: DictConfig, groups: tuple[str, ...] = (), tags: Mapping | None = None,
               system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
     """A nested run tagged ``stage``, with the scalar settings of ``groups`` as params and the
     resolved config as an artifact."""
     run_tags = {"stage": stage, **(tags or {})}
+    stage_header(stage, stage_summary(stage, cfg))
     with mlflow.start_run(run_name=stage, nested=mlflow.active_run() is not None, tags=run_tags,
                           log_system_metrics=system_metrics) as run:
         resolved = OmegaConf.to_container(cfg, resolve=True)

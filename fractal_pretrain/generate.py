@@ -16,6 +16,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from console.errors import ConfigError
 from fractal_pretrain.data import preview_grid
 from fractal_pretrain.families import FAMILIES
 from fractal_pretrain.ifs import SAMPLERS, SystemBank, fill_ratio, sample_bank
@@ -38,16 +39,16 @@ def render_config(fractal: DictConfig) -> RenderConfig:
 
 def check_fractal_config(f: DictConfig) -> None:
     if f.num_classes < 2:
-        raise ValueError(f"fractal.num_classes must be >= 2 for a classification task, got {f.num_classes}")
+        raise ConfigError(f"fractal.num_classes must be >= 2 for a classification task, got {f.num_classes}")
     if f.systems_per_class < 1:
-        raise ValueError(f"fractal.systems_per_class must be >= 1, got {f.systems_per_class}")
+        raise ConfigError(f"fractal.systems_per_class must be >= 1, got {f.systems_per_class}")
     family = f.get("family", "fractals")
     if family not in FAMILIES:
-        raise ValueError(f"unknown fractal.family {family!r}; choose from {FAMILIES}")
+        raise ConfigError(f"unknown fractal.family {family!r}; choose from {FAMILIES}")
     if family == "ofdb" and f.systems_per_class != 1:
-        raise ValueError("fractal.family=ofdb is one image per class: set fractal.systems_per_class=1")
+        raise ConfigError("fractal.family=ofdb is one image per class: set fractal.systems_per_class=1")
     if f.get("sampler", "anderson_farrell") not in SAMPLERS:
-        raise ValueError(f"unknown fractal.sampler {f.sampler!r}; choose from {SAMPLERS}")
+        raise ConfigError(f"unknown fractal.sampler {f.sampler!r}; choose from {SAMPLERS}")
     render_config(f)  # RenderConfig validates its own fields
 
 

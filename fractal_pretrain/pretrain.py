@@ -27,6 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from console.errors import ConfigError
+from console.logs import log
+from console.progress import StepProgress
 from fractal_pretrain.data import TRAIN, VAL, EpochSampler, GpuBatchRenderer, RenderKeys, make_dataset
 from fractal_pretrain.export import write_export
 from fractal_pretrain.generate import load_bank
@@ -153,12 +156,12 @@ def check_pretrain_config(p: DictConfig, world: int) -> int:
     for key in ("batch_size", "max_steps", "renders_per_system", "val_renders_per_system",
                 "val_every_n_epochs", "checkpoint_every_n_steps"):
         if p[key] < 1:
-            raise ValueError(f"pretrain.{key} must be a positive integer, got {p[key]}")
+            raise ConfigError(f"pretrain.{key} must be a positive integer, got {p[key]}")
     if p.num_workers < 0:
-        raise ValueError(f"pretrain.num_workers must be >= 0, got {p.num_workers}")
+        raise ConfigError(f"pretrain.num_workers must be >= 0, got {p.num_workers}")
     if p.batch_size % world:
-        raise ValueError(f"pretrain.batch_size={p.batch_size} is the global batch and must divide evenly "
-                         f"over {world} processes (trainer.devices x trainer.num_nodes)")
+        raise ConfigError(f"pretrain.batch_size={p.batch_size} is the global batch and must divide evenly "
+                          f"over {world} processes (trainer.devices x trainer.num_nodes)")
     return p.batch_size // world
 
 
@@ -167,12 +170,12 @@ def resume_checkpoint(p: DictConfig, ckpt_dir: Path) -> str | None:
         return None
     path = ckpt_dir / "last.ckpt" if p.resume == "auto" else Path(p.resume)
     if path.is_file():
-        print(f"pretrain: resuming from {path}")
+        log.info(f"pretrain: resuming from {path}")
         return str(path)
     if p.resume == "auto":
         return None  # nothing to resume: a fresh start
-    raise FileNotFoundError(f"pretrain.resume={p.resume} does not exist; give a Lightning checkpoint "
-                            f"(<job>/pretrain/checkpoints/last.ckpt) or 'auto'.")
+    raise ConfigError(f"pretrain.resume={p.resume} does not exist; give a Lightning checkpoint "
+                      f"(<job>/pretrain/checkpoints/last.ckpt) or 'auto'.")
 
 
 def pretrain(cfg: DictConfig, bank_path: str | Path, out_dir: str | Path) -> PretrainRecord:
@@ -184,14 +187,15 @@ def pretrain(cfg: DictConfig, bank_path: str | Path, out_dir: str | Path) -> Pre
     mean, std = [float(v) for v in p.mean], [float(v) for v in p.std]
     data = FractalDataModule(cfg.fractal, bank, cfg.seed, p, per_device)
     if len(data.train_set) < p.batch_size:
-        raise ValueError(f"pretrain.batch_size={p.batch_size} exceeds the {len(data.train_set)} training "
-                         f"images per epoch; lower it or raise pretrain.renders_per_system.")
+        raise ConfigError(f"pretrain.batch_size={p.batch_size} exceeds the {len(data.train_set)} training "
+                          f"images per epoch; lower it or raise pretrain.renders_per_system.")
 
     ckpt_dir = out_dir / "checkpoints"
     monitor = MlflowMetrics(out_dir, mean, std)
     trainer = L.Trainer(**t, max_steps=p.max_steps, default_root_dir=out_dir, logger=False,
                         use_distributed_sampler=False, check_val_every_n_epoch=p.val_every_n_epochs,
-                        log_every_n_steps=10, callbacks=[monitor, ModelCheckpoint(
+                        log_every_n_steps=10, enable_model_summary=cfg.get("verbose", False),
+                        callbacks=[monitor, StepProgress("pretrain", unit="step"), ModelCheckpoint(
                             dirpath=ckpt_dir, every_n_train_steps=p.checkpoint_every_n_steps,
                             save_last=True, save_top_k=0)])
     module = FractalClassifier(cfg.backbone.arch, bank.num_classes,
@@ -216,7 +220,7 @@ def pretrain(cfg: DictConfig, bank_path: str | Path, out_dir: str | Path) -> Pre
             mlflow.log_metrics(metrics, step=trainer.global_step)
             if p.log_export:
                 mlflow.log_artifacts(str(export_dir), "backbone")
-        print(f"pretrain: {trainer.global_step} steps in {seconds:.0f} s: training "
+        log.info(f"pretrain: {trainer.global_step} steps in {seconds:.0f} s: training "
               f"{metrics['train_img_per_s']:.0f} img/s, waiting for data {100 * metrics['data_wait_fraction']:.0f}% "
               f"of the time; export {export_dir}")
     return PretrainRecord(export_dir, metrics)

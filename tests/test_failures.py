@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from conftest import compose_config, runs_of
+from conftest import TINY, compose_config, runs_of
+from console.errors import EXIT_USER_ERROR, ConfigError, UserError
 from detectors.backbone import BackboneError
+from detectors.imagenet_offline import OfflineWeightsError
 from evaluation.datasets import DatasetError
-from run import run_pipeline
+from run import ROOT, run_pipeline
 
 
 def failed_runs(cfg, error, match):
@@ -47,7 +53,7 @@ def test_invalid_render_size_fails_the_generate_run(tiny_config):
 
 
 def test_invalid_detector_input_size_is_named(tiny_config):
-    failed_runs(tiny_config("backbone=random", "dataset.image_size=-5"), ValueError, "dataset.image_size")
+    failed_runs(tiny_config("backbone=random", "dataset.image_size=-5"), ConfigError, "dataset.image_size")
 
 
 def test_missing_imagenet_weights_fail_fast_and_say_how_to_provide_them(tiny_config):
@@ -71,11 +77,71 @@ def test_incompatible_weights_are_named(tiny_config, tmp_path):
 
 
 def test_layers_absent_from_the_backbone_are_named(tiny_config):
-    with pytest.raises(ValueError, match="layer9.*feature layers are"):
+    with pytest.raises(ConfigError, match="layer9.*feature layers are"):
         run_pipeline(tiny_config("backbone=random", "detector.model.layers=[layer2,layer9]"))
 
 
 def test_negative_seed_is_refused_before_any_run_opens(tiny_config, tmp_path):
-    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+    with pytest.raises(ConfigError, match="seed must be a non-negative integer"):
         run_pipeline(tiny_config("seed=-3"))
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_errors_a_user_can_fix_share_one_base_class(tiny_config):
+    # run.py prints these as a short block instead of a traceback; existing `except ValueError` code
+    # still catches the ones that were ValueErrors
+    for error in (DatasetError, BackboneError, OfflineWeightsError, ConfigError):
+        assert issubclass(error, UserError)
+    assert issubclass(ConfigError, ValueError) and issubclass(DatasetError, ValueError)
+    with pytest.raises(ConfigError, match="pretrain.batch_size"):
+        run_pipeline(tiny_config("pretrain.batch_size=7", "trainer.devices=2", "stages=[generate,pretrain]"))
+    with pytest.raises(ConfigError, match="fractal.num_classes"):
+        run_pipeline(tiny_config("fractal.num_classes=1"))
+    with pytest.raises(ConfigError, match="EfficientAd cannot take a swappable backbone"):
+        run_pipeline(tiny_config("backbone=random", "detector.model._target_=anomalib.models.EfficientAd"))
+
+
+def run_py(*args: str, cwd, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "HYDRA_FULL_ERROR")}
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env={**environ, **env},
+                          capture_output=True, text=True, timeout=600)
+
+
+MISSING_MVTEC = ("dataset=mvtec", "dataset.root=/nonexistent", "backbone=random", *TINY)
+
+
+@pytest.mark.slow
+def test_user_error_prints_one_block_and_no_traceback(tmp_path):
+    proc = run_py(*MISSING_MVTEC, f"paths.outputs_dir={tmp_path}", cwd=tmp_path)
+    console = proc.stdout + proc.stderr
+    assert proc.returncode == EXIT_USER_ERROR
+    assert "Traceback" not in console and "Error executing job" not in console
+    block = proc.stderr.strip().splitlines()
+    assert block[0] == "Error (DatasetError):" and len(block) <= 8, proc.stderr
+    # what is wrong, the key to change, and where to get the data
+    assert "/nonexistent does not exist" in proc.stderr and "dataset.root=" in proc.stderr
+    assert "Download MVTec AD" in proc.stderr
+    runs = runs_of(f"sqlite:///{tmp_path}/mlflow.db")
+    assert sorted(runs["tags.stage"]) == ["detect", "pipeline"] and set(runs["status"]) == {"FAILED"}
+    # the traceback is kept in the run's log file
+    (log_file,) = tmp_path.glob("runs/*/run.log")
+    assert "Traceback" in log_file.read_text() and "DatasetError" in log_file.read_text()
+
+
+@pytest.mark.slow
+def test_hydra_full_error_still_shows_the_traceback(tmp_path):
+    proc = run_py(*MISSING_MVTEC, f"paths.outputs_dir={tmp_path}", cwd=tmp_path, HYDRA_FULL_ERROR="1")
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and "evaluation.datasets.DatasetError: Dataset root /nonexistent" in proc.stderr
+    assert set(runs_of(f"sqlite:///{tmp_path}/mlflow.db")["status"]) == {"FAILED"}
+
+
+@pytest.mark.slow
+def test_a_programming_error_keeps_its_traceback(tmp_path):
+    # an argument anomalib's model does not take: nothing we anticipated, so it is reported as a bug
+    proc = run_py("backbone=random", "+detector.model.no_such_argument=1", *TINY,
+                  f"paths.outputs_dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "TypeError" in proc.stderr and "no_such_argument" in proc.stderr
+    assert not proc.stderr.startswith("Error (")
+    assert set(runs_of(f"sqlite:///{tmp_path}/mlflow.db")["status"]) == {"FAILED"}

@@ -1,0 +1,28 @@
+"""The MLflow UI opens on the runs table, and the run names say what was compared."""
+
+from __future__ import annotations
+
+import mlflow
+
+from conftest import runs_of
+from evaluation import tracking
+from run import run_pipeline
+
+
+def test_experiment_opens_on_the_runs_table_and_runs_are_named_by_what_they_compare(tiny_config, tmp_path):
+    cfg = tiny_config("stages=[generate]", "seed=3", "dataset.category=tiles")
+    run_pipeline(cfg)
+    experiment = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
+    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+    runs = runs_of(cfg.mlflow.tracking_uri)
+    names = dict(zip(runs["tags.stage"], runs["tags.mlflow.runName"]))
+    assert names == {"pipeline": "fractal / resnet18 / patchcore / builtin:tiles / seed 3", "generate": "generate"}
+
+
+def test_an_experiment_made_before_the_tag_existed_gets_it(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.MlflowClient().create_experiment("old")
+    assert "mlflow.experimentKind" not in mlflow.get_experiment_by_name("old").tags
+    tracking.setup(uri, "old")  # what run.py and the sweep callback call first
+    assert mlflow.get_experiment_by_name("old").tags["mlflow.experimentKind"] == "custom_model_development"
