@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 import resource
 import time
@@ -13,20 +14,22 @@ from pathlib import Path
 import hydra
 import lightning as L
 import mlflow
+import numpy as np
 from omegaconf import DictConfig
 
 from detectors.backbone import Backbone
 from detectors.models import build_detector
 from evaluation.builtin import make_builtin_dataset
 from evaluation.datasets import validate_layout
-from evaluation.metrics import study_evaluator
-from evaluation.plots import RocCollector, plot_roc
+from evaluation.metrics import RawScorePostProcessor, study_evaluator
+from evaluation.plots import NormalisedVisualizer, RocCollector, plot_roc
 
 
 @dataclass
 class DetectRecord:
     metrics: dict[str, float]
     metrics_csv: Path
+    predictions_csv: Path
     images: list[Path] = field(default_factory=list)
 
 
@@ -49,6 +52,20 @@ def write_csv(path: Path, row: dict) -> Path:
         writer = csv.DictWriter(f, fieldnames=list(row))
         writer.writeheader()
         writer.writerow(row)
+    tmp.replace(path)
+    return path
+
+
+def write_predictions(path: Path, roc: RocCollector, dataset_root: str | Path) -> Path:
+    """One row per test image: path relative to the dataset root, defect type (its folder), label,
+    raw image score. Enough to recompute image AUROC (or any image metric) without anomalib."""
+    tmp = path.with_suffix(".csv.partial")
+    scores, labels = np.concatenate(roc.image_scores), np.concatenate(roc.image_labels)
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image_path", "defect_type", "label", "score"])
+        for image, label, score in zip(roc.image_paths, labels, scores):
+            writer.writerow([os.path.relpath(image, dataset_root), Path(image).parent.name, int(label), repr(float(score))])
     tmp.replace(path)
     return path
 
@@ -96,7 +113,14 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path) -> DetectRe
         Resize((d.image_size, d.image_size), antialias=True),
         Normalize(mean=list(backbone.mean), std=list(backbone.std)),
     ]))
+    # Seeded right before the first random draw of the stage (random init, PaDiM's channel subset, the
+    # students/flows/decoders), so nothing that ran before in this process (another sweep job, the
+    # offline ImageNet conversion, timm probing) changes them; the same stream then drives the
+    # synthetic validation anomalies and the coreset.
+    L.seed_everything(cfg.seed, workers=True)
+    # threshold-free metrics on raw scores; the F1 threshold and the drawn maps' scale come from validation
     model = build_detector(cfg.detector.model, backbone, pre_processor=pre_processor,
+                           post_processor=RawScorePostProcessor(), visualizer=NormalisedVisualizer(),
                            evaluator=study_evaluator(cfg.detector.aupro_fpr_limit))
     datamodule = hydra.utils.instantiate(d.datamodule, seed=cfg.seed)
     roc = RocCollector()
@@ -106,7 +130,6 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path) -> DetectRe
                     default_root_dir=out_dir, logger=False, max_epochs=cfg.detector.get("max_epochs", 1),
                     callbacks=[*selection, roc])
 
-    L.seed_everything(cfg.seed, workers=True)  # synthetic validation anomalies, coreset, init
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     fit_s = time.perf_counter() - start
@@ -124,6 +147,7 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path) -> DetectRe
     csv_path = write_csv(out_dir / "metrics.csv", {"dataset": d.name, "category": d.category,
                                                    "backbone": backbone.source,
                                                    "detector": cfg.detector.name, **metrics})
+    predictions_csv = write_predictions(out_dir / "predictions.csv", roc, d.root)
     curves = roc.curves()
     roc_path = plot_roc(curves, out_dir / "roc.png",
                         f"{cfg.detector.name} / {backbone.source} / {d.name}:{d.category}") if curves else None
@@ -132,11 +156,12 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path) -> DetectRe
     if mlflow.active_run():
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(csv_path))
+        mlflow.log_artifact(str(predictions_csv))
         if roc_path:
             mlflow.log_artifact(str(roc_path))
         for path in images:
             mlflow.log_artifact(str(path), f"anomaly_maps/{path.parent.name}")
-    return DetectRecord(metrics, csv_path, images)
+    return DetectRecord(metrics, csv_path, predictions_csv, images)
 
 
 def _epoch_of(checkpoint: str) -> int:
