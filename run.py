@@ -166,6 +166,9 @@ def join_pretraining(cfg: DictConfig, timeout_s: float = 900.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"rank 0 wrote no fractal bank at {bank} within {timeout_s:.0f} s")
         time.sleep(1.0)
+    # ranks started by torchrun/SLURM are not seeded by Lightning (only its own launcher passes
+    # PL_GLOBAL_SEED on); seed as rank 0 does right before its pretrain stage
+    L.seed_everything(cfg.seed, workers=True)
     pretrain(cfg, bank, out_dir / "pretrain")
 
 
