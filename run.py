@@ -102,6 +102,15 @@ def shared_fractal_backbone(cfg: DictConfig, out_dir: Path, tags: dict) -> tuple
         return export_dir, run_id
 
 
+def check_objective(objective: str | None) -> None:
+    """Sweepers get a validation quantity or nothing: optimising a test metric tunes on the test set."""
+    if objective is not None and not str(objective).startswith("val_"):
+        raise ValueError(
+            f"objective={objective} is not a validation metric; a sweeper optimising it would tune on the "
+            f"test set. Use a validation quantity (val_image_AUROC or val_pixel_AUROC: training normals + "
+            f"synthetic anomalies) or objective=null.")
+
+
 def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     """Run the configured stages under one parent MLflow run; return the detect metrics."""
     unknown = [s for s in cfg.stages if s not in STAGES]
@@ -109,6 +118,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
         raise ValueError(f"unknown stages {unknown}; choose from {list(STAGES)}")
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {cfg.seed!r}")
+    check_objective(cfg.objective)
     if cfg.pretrain.reuse not in (True, False, "auto"):
         raise ValueError(f"pretrain.reuse must be true, false or auto, got {cfg.pretrain.reuse}")
     out_dir = Path(cfg.paths.output_dir)
@@ -206,7 +216,7 @@ def main(cfg: DictConfig) -> float | None:
         return None
     select_gpu_for_job()
     metrics = run_pipeline(cfg)
-    return metrics.get(cfg.objective)
+    return metrics.get(cfg.objective) if cfg.objective else None
 
 
 if __name__ == "__main__":

@@ -80,6 +80,24 @@ def _leakage_guard(datamodule_cfg: DictConfig) -> None:
             f"anomalies), 'from_train' or 'from_dir'.")
 
 
+def fit_on_all_normals(datamodule) -> None:
+    """Training-free detectors (memory bank, density) fit on every training normal, as the study does.
+
+    anomalib's synthetic validation split moves ``val_split_ratio`` of the normals out of the training
+    set; here the split is still made (the same images get the same synthetic anomalies, for the F1
+    threshold) but the training set is put back whole afterwards. So for these detectors the
+    validation normals are images they were fitted on; nothing of ``test/`` is involved.
+    """
+    create_val_split = datamodule._create_val_split
+
+    def create_val_split_keeping_train() -> None:
+        train = datamodule.train_data
+        create_val_split()
+        datamodule.train_data = train
+
+    datamodule._create_val_split = create_val_split_keeping_train
+
+
 def selection_callbacks(cfg: DictConfig, out_dir: Path) -> list:
     """Best-checkpoint selection and early stopping on the validation split, for detectors that train."""
     from anomalib.callbacks.checkpoint import ModelCheckpoint
@@ -123,6 +141,8 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path) -> DetectRe
                            post_processor=RawScorePostProcessor(), visualizer=NormalisedVisualizer(),
                            evaluator=study_evaluator(cfg.detector.aupro_fpr_limit))
     datamodule = hydra.utils.instantiate(d.datamodule, seed=cfg.seed)
+    if cfg.detector.get("fit_on_all_normals", False):
+        fit_on_all_normals(datamodule)
     roc = RocCollector()
     selection = selection_callbacks(cfg, out_dir)
     # one device: multi-GPU belongs to pre-training; sweeps spread detect jobs over GPUs instead
@@ -134,12 +154,15 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path) -> DetectRe
     engine.fit(model=model, datamodule=datamodule)
     fit_s = time.perf_counter() - start
     best = selection[0].best_model_path if selection else ""
+    # validation metrics of the model that is tested (the selected epoch): what sweepers may optimise
+    (validation,) = engine.validate(model=model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     start = time.perf_counter()
     (results,) = engine.test(model=model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     test_s = time.perf_counter() - start
 
-    metrics = {k: float(v) for k, v in results.items()}
-    metrics.update(fit_seconds=fit_s, test_seconds=test_s,
+    metrics = {k: float(v) for k, v in {**validation, **results}.items()}
+    metrics.update(fit_seconds=fit_s, test_seconds=test_s, fit_images=float(len(datamodule.train_data)),
+                   val_images=float(len(datamodule.val_data)),
                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if selection:
         metrics.update(selected_epoch=float(_epoch_of(best)) if best else -1.0,

@@ -74,6 +74,9 @@ def check_record(record, detector: str, out: Path) -> None:
     assert m["fit_seconds"] > 0 and m["test_seconds"] > 0 and m["peak_rss_mb"] > 0
     assert record.metrics_csv.is_file()
     assert (out / "roc.png").stat().st_size > 1000
+    assert 0.0 <= m["val_image_AUROC"] <= 1.0  # the validation quantity sweepers receive
+    # training-free detectors fit on all 12 normals; trained ones hold the validation normals out
+    assert m["fit_images"] == (10 if detector in TRAINED else 12) and m["val_images"] >= 2, m
     if detector in TRAINED:  # the checkpoint tested is the one selected on the validation split
         assert m["selected_epoch"] == 0.0 and m["epochs_run"] == 1.0
         assert list((out / "weights").glob("best-epoch=0*.ckpt"))

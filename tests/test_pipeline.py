@@ -143,3 +143,13 @@ def test_a_job_gives_the_same_result_alone_and_after_another_job(tmp_path, data_
     assert alone[1] == second[1]  # every raw test score, bit for bit
     for key in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Score"):
         assert alone[0][key] == second[0][key], key
+
+
+def test_sweepers_get_a_validation_quantity_never_a_test_metric(two_runs, tiny_config):
+    cfgs, metrics, _ = two_runs
+    assert cfgs[0].objective == "val_image_AUROC"
+    assert 0.0 <= metrics[0]["val_image_AUROC"] <= 1.0
+    # PatchCore fits on every training normal; the validation split is made from them too
+    assert metrics[0]["fit_images"] == cfgs[0].dataset.builtin.n_train and metrics[0]["val_images"] > 0
+    with pytest.raises(ValueError, match="objective=image_AUROC is not a validation metric.*test set.*val_image_AUROC"):
+        run_pipeline(tiny_config("objective=image_AUROC"))
