@@ -40,6 +40,13 @@ class RawScorePostProcessor(PostProcessor):
             batch.pred_mask = self._apply_threshold(batch.anomaly_map, self.pixel_threshold)
 
 
+def raw_auroc(**kwargs) -> AUROC:
+    """anomalib's AUROC for unbounded scores. torchmetrics treats any batch of scores outside [0, 1] as
+    logits and applies a sigmoid, which in float32 saturates to exactly 1.0 above ~17: raw PatchCore
+    distances (17-45 on the built-in data) would all tie and score 0.5."""
+    return AUROC(normalization=None, **kwargs)
+
+
 def study_evaluator(aupro_fpr_limit: float = 0.3) -> Evaluator:
     """Test: image AUROC and F1, pixel AUROC, AUPRO integrated up to ``aupro_fpr_limit`` FPR.
 
@@ -48,12 +55,12 @@ def study_evaluator(aupro_fpr_limit: float = 0.3) -> Evaluator:
     ``RawScorePostProcessor`` so that the threshold-free metrics see raw scores and maps.
     """
     return Evaluator(val_metrics=[
-        AUROC(fields=["pred_score", "gt_label"], prefix="val_image_"),
-        AUROC(fields=["anomaly_map", "gt_mask"], prefix="val_pixel_", strict=False),
+        raw_auroc(fields=["pred_score", "gt_label"], prefix="val_image_"),
+        raw_auroc(fields=["anomaly_map", "gt_mask"], prefix="val_pixel_", strict=False),
     ], test_metrics=[
-        AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+        raw_auroc(fields=["pred_score", "gt_label"], prefix="image_"),
         F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
-        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        raw_auroc(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
         AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=aupro_fpr_limit),
     ])
 

@@ -271,7 +271,8 @@ def test_threshold_free_metrics_are_computed_on_raw_maps():
     masks[4, 9:14, 8:12] = 1
     masks[4, 1:3, 1:3] = 1  # two regions in one image
     masks[5, 5:11, 5:11] = 1
-    maps = rng.random(masks.shape) + masks * rng.uniform(0.2, 1.5, masks.shape)  # raw scores, not in [0, 1]
+    # raw scores as PatchCore gives them: distances of 15-40, far outside [0, 1]
+    maps = 15 + 10 * (rng.random(masks.shape) + masks * rng.uniform(0.2, 1.5, masks.shape))
     labels = masks.reshape(6, -1).max(1)
 
     def batch(m, y, g):
@@ -279,7 +280,7 @@ def test_threshold_free_metrics_are_computed_on_raw_maps():
                           anomaly_map=torch.tensor(m, dtype=torch.float32), pred_score=torch.tensor(m.reshape(len(y), -1).max(1), dtype=torch.float32))
 
     # a narrow validation range, as a weak backbone gives: many test values fall outside it
-    val = batch(maps[[0, 3]] * 0.3, labels[[0, 3]], masks[[0, 3]])
+    val = batch(15 + (maps[[0, 3]] - 15) * 0.3, labels[[0, 3]], masks[[0, 3]])
     expected = {"pixel_AUROC": roc_auc_score(masks.ravel(), maps.ravel()),
                 "pixel_AUPRO": pro_auc_reference(maps.astype(np.float32), masks),
                 "image_AUROC": roc_auc_score(labels, maps.reshape(6, -1).max(1))}
@@ -355,3 +356,54 @@ def test_patchcore_peak_memory_stays_under_4gb(arch, tmp_path):
     print(f"\npeak RSS {arch}: {result['maxrss_mb']:.0f} MB")
     assert 0.0 <= result["image_AUROC"] <= 1.0
     assert result["maxrss_mb"] < 4096, result
+
+
+# ---------------------------------------------------------------------------------------------
+# Detector input: resize, optional centre crop (the study's 256 -> 224)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("crop", [None, 48])
+def test_images_and_masks_stay_aligned_through_resize_and_crop(crop):
+    """anomalib's PreProcessor applies our input transform to an image and its mask together: an
+    off-centre defect drawn in both lands on the same pixels after resize (+ centre crop)."""
+    from anomalib.data import ImageBatch
+    from anomalib.pre_processing import PreProcessor
+    from omegaconf import OmegaConf
+    from torchvision import tv_tensors
+
+    from detectors.detect import input_transform
+
+    image = torch.zeros(1, 3, 100, 100)
+    mask = torch.zeros(1, 100, 100, dtype=torch.bool)
+    image[..., 20:45, 55:90] = 1.0
+    mask[..., 20:45, 55:90] = True
+    d = OmegaConf.create({"image_size": 64, "crop": crop})
+    batch = ImageBatch(image=image, gt_mask=tv_tensors.Mask(mask), gt_label=torch.tensor([1]))
+    PreProcessor(transform=input_transform(d, (0.5,) * 3, (0.25,) * 3)).on_test_batch_start(None, None, batch, 0)
+    side = crop or 64
+    assert batch.image.shape[-2:] == (side, side) and batch.gt_mask.shape[-2:] == (side, side)
+    bright = (batch.image[0, 0] * 0.25 + 0.5) > 0.5  # undo the normalisation
+
+    def iou(a, b):
+        return float((a & b).sum() / (a | b).sum())
+
+    assert batch.gt_mask[0].sum() > 0
+    assert iou(bright, batch.gt_mask[0]) > 0.95
+    assert iou(bright, torch.roll(batch.gt_mask[0], 2, dims=1)) < 0.9  # a 2 px misalignment would show
+
+
+def test_crop_larger_than_the_resize_is_refused():
+    from omegaconf import OmegaConf
+
+    from detectors.detect import input_transform
+
+    with pytest.raises(ValueError, match="dataset.crop=300 must lie between 32 and dataset.image_size=256"):
+        input_transform(OmegaConf.create({"image_size": 256, "crop": 300}), (0.5,) * 3, (0.5,) * 3)
+
+
+def test_study_experiments_crop_as_the_study_and_builtin_runs_do_not(tmp_path):
+    assert compose_config(tmp_path).dataset.crop is None
+    for experiment in ("study_mvtec", "study_visa"):
+        d = compose_config(tmp_path, f"+experiment={experiment}").dataset
+        assert d.crop == 224, experiment  # (image_size 256 there; the tests shrink it)
