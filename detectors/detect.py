@@ -70,6 +70,23 @@ def write_predictions(path: Path, roc: RocCollector, dataset_root: str | Path) -
     return path
 
 
+def input_transform(d: DictConfig, mean, std):
+    """Detector input: resize to ``dataset.image_size``, then a centre crop to ``dataset.crop`` if set
+    (the study ran anomalib v1's default, resize 256 + centre crop 224), then normalise. anomalib's
+    PreProcessor applies it to the image and its mask together (the mask as a torchvision ``Mask``:
+    nearest-neighbour resize, no normalisation), so pixels and labels stay aligned."""
+    from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
+
+    steps = [Resize((d.image_size, d.image_size), antialias=True)]
+    crop = d.get("crop")
+    if crop:
+        if not 32 <= crop <= d.image_size:
+            raise ValueError(f"dataset.crop={crop} must lie between 32 and dataset.image_size={d.image_size} "
+                             f"(it is cut from the resized image); or null for no crop")
+        steps.append(CenterCrop((crop, crop)))
+    return Compose([*steps, Normalize(mean=list(mean), std=list(std))])
+
+
 def _leakage_guard(datamodule_cfg: DictConfig) -> None:
     """The validation split picks checkpoints and thresholds: it must never be the test set."""
     mode = str(datamodule_cfg.get("val_split_mode", "same_as_test")).lower()
@@ -116,7 +133,6 @@ def selection_callbacks(cfg: DictConfig, out_dir: Path) -> list:
 def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path) -> DetectRecord:
     from anomalib.engine import Engine
     from anomalib.pre_processing import PreProcessor
-    from torchvision.transforms.v2 import Compose, Normalize, Resize
 
     d = cfg.dataset
     if d.image_size < 32:
@@ -127,10 +143,7 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path) -> DetectRe
     validate_layout(d.name, d.root, d.category)
     _leakage_guard(d.datamodule)
 
-    pre_processor = PreProcessor(transform=Compose([
-        Resize((d.image_size, d.image_size), antialias=True),
-        Normalize(mean=list(backbone.mean), std=list(backbone.std)),
-    ]))
+    pre_processor = PreProcessor(transform=input_transform(d, backbone.mean, backbone.std))
     # Seeded right before the first random draw of the stage (random init, PaDiM's channel subset, the
     # students/flows/decoders), so nothing that ran before in this process (another sweep job, the
     # offline ImageNet conversion, timm probing) changes them; the same stream then drives the
