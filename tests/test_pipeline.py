@@ -62,7 +62,7 @@ def test_stage_runs_carry_params_metrics_artifacts_and_lineage(two_runs):
     assert "fractals/preview.png" in artifacts(generate["run_id"])
     assert {"config.yaml", "backbone/config.json", "backbone/model.safetensors"} <= set(artifacts(pretrain["run_id"]))
     detect_files = artifacts(detect["run_id"])
-    assert "metrics.csv" in detect_files and "config.yaml" in detect_files
+    assert {"metrics.csv", "predictions.csv", "roc.png", "config.yaml"} <= set(detect_files)
     assert len([f for f in detect_files if f.startswith("anomaly_maps/")]) == 2
 
 
