@@ -110,6 +110,15 @@ def shared_fractal_backbone(cfg: DictConfig, out_dir: Path, tags: dict) -> tuple
         return export_dir, run_id
 
 
+def check_objective(objective: str | None) -> None:
+    """Sweepers get a validation quantity or nothing: optimising a test metric tunes on the test set."""
+    if objective is not None and not str(objective).startswith("val_"):
+        raise ConfigError(
+            f"objective={objective} is not a validation metric; a sweeper optimising it would tune on the "
+            f"test set. Use a validation quantity (val_image_AUROC or val_pixel_AUROC: training normals + "
+            f"synthetic anomalies) or objective=null.")
+
+
 def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     """Run the configured stages under one parent MLflow run; return the detect metrics."""
     unknown = [s for s in cfg.stages if s not in STAGES]
@@ -117,6 +126,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"unknown stages {unknown}; choose from {list(STAGES)}")
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {cfg.seed!r}")
+    check_objective(cfg.objective)
     if cfg.pretrain.reuse not in (True, False, "auto"):
         raise ConfigError(f"pretrain.reuse must be true, false or auto, got {cfg.pretrain.reuse}")
     out_dir = Path(cfg.paths.output_dir)
@@ -175,6 +185,9 @@ def join_pretraining(cfg: DictConfig, timeout_s: float = 900.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"rank 0 wrote no fractal bank at {bank} within {timeout_s:.0f} s")
         time.sleep(1.0)
+    # ranks started by torchrun/SLURM are not seeded by Lightning (only its own launcher passes
+    # PL_GLOBAL_SEED on); seed as rank 0 does right before its pretrain stage
+    L.seed_everything(cfg.seed, workers=True)
     pretrain(cfg, bank, out_dir / "pretrain")
 
 
@@ -238,7 +251,7 @@ def main(cfg: DictConfig) -> float | None:
         print(format_user_error(err, log_file), file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     where_it_went(cfg, log_file)
-    return metrics.get(cfg.objective)
+    return metrics.get(cfg.objective) if cfg.objective else None
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import timm
+import torch
 
 from console.errors import ConfigError
 
@@ -30,8 +31,14 @@ class FeatureLayer:
 
 @lru_cache(maxsize=32)
 def feature_layers(arch: str) -> tuple[FeatureLayer, ...]:
-    """The feature layers timm exposes for ``arch`` (shallowest first); builds it once, no weights."""
-    info = timm.create_model(arch, pretrained=False, features_only=True).feature_info
+    """The feature layers timm exposes for ``arch`` (shallowest first); builds it once, no weights.
+
+    Building the model initialises its weights from the global torch RNG; under the cache that
+    happens in the first job of a process only, so a job run after another would draw different
+    numbers than the same job alone. A forked RNG leaves the global stream untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        info = timm.create_model(arch, pretrained=False, features_only=True).feature_info
     return tuple(FeatureLayer(n, r, c) for n, r, c in zip(info.module_name(), info.reduction(), info.channels()))
 
 

@@ -1,16 +1,19 @@
 """Per-category ROC plot of a detect run (image level and pixel level), drawn with matplotlib.
 
-``RocCollector`` is a Lightning callback that keeps the test predictions; ``roc_curve`` is plain
-numpy; ``plot_roc`` writes the figure. Pixels are subsampled (a fixed stride, so reproducible): a
+``RocCollector`` is a Lightning callback that keeps the test predictions (raw scores, with each
+image's path, for ``predictions.csv``); ``roc_curve`` is plain numpy; ``plot_roc`` writes the
+figure; ``NormalisedVisualizer`` draws anomaly maps from raw-score runs. Pixels are subsampled (a fixed stride, so reproducible): a
 ROC curve does not need millions of points and the test set's maps would not fit in memory at
 full size on real datasets.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
+from anomalib.visualization import ImageVisualizer
 from lightning.pytorch.callbacks import Callback
 
 MAX_PIXELS_PER_IMAGE = 4096
@@ -37,10 +40,12 @@ class RocCollector(Callback):
     def __init__(self) -> None:
         self.image_scores, self.image_labels = [], []
         self.pixel_scores, self.pixel_labels = [], []
+        self.image_paths: list[str] = []
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if outputs is None or getattr(outputs, "pred_score", None) is None:
             return
+        self.image_paths += [str(p) for p in outputs.image_path]
         self.image_scores.append(outputs.pred_score.detach().float().cpu().numpy().ravel())
         self.image_labels.append(outputs.gt_label.detach().cpu().numpy().ravel())
         amap, mask = getattr(outputs, "anomaly_map", None), getattr(outputs, "gt_mask", None)
@@ -84,3 +89,14 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: str 
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+class NormalisedVisualizer(ImageVisualizer):
+    """anomalib's visualizer fed the scores and maps min-max normalised with the validation split's
+    statistics, as anomalib draws them; the batch itself (and so every metric) stays raw
+    (``evaluation.metrics.RawScorePostProcessor``)."""
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        shown = copy.copy(batch)
+        pl_module.post_processor.normalize_batch(shown)  # anomalib's own normalisation, on the copy only
+        super().on_test_batch_end(trainer, pl_module, shown, shown, batch_idx, dataloader_idx)

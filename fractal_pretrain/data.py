@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from console.errors import ConfigError
 from fractal_pretrain.families import FAMILIES, MultiFormulaConfig, ofdb_image, render_multi_formula
 from fractal_pretrain.ifs import SystemBank
 from fractal_pretrain.render import RenderConfig, derive_key, render_key
@@ -35,7 +36,7 @@ class RenderedImages(Dataset):
                  renders_per_system: int, stream: int = TRAIN,
                  mean: float | tuple = 0.2, std: float | tuple = 0.5):
         if renders_per_system < 1:
-            raise ValueError(f"renders_per_system must be >= 1, got {renders_per_system}")
+            raise ConfigError(f"pretrain.renders_per_system must be >= 1, got {renders_per_system}")
         if len(bank) == 0:
             raise ValueError("the IFS bank is empty")
         self.bank, self.render_cfg, self.seed = bank, render_cfg, seed
@@ -109,7 +110,7 @@ class OneImagePerClass(RenderedImages):
     def __init__(self, *args, augment: Mapping | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if np.bincount(self.bank.labels).max() != 1:
-            raise ValueError("the ofdb family needs exactly one system per class "
+            raise ConfigError("the ofdb family needs exactly one system per class "
                              "(fractal.systems_per_class=1)")
         self.augment_cfg = dict(augment or {})
         self._transform = None  # built lazily: torchvision import only where it is used
@@ -206,13 +207,13 @@ def make_dataset(fractal: Mapping, bank: SystemBank, seed: int, renders_per_syst
     family = fractal.get("family", "fractals")
     renderer = fractal.get("renderer", "cpu")
     if renderer not in ("cpu", "torch"):
-        raise ValueError(f"unknown fractal.renderer {renderer!r}; choose cpu or torch")
+        raise ConfigError(f"unknown fractal.renderer {renderer!r}; choose cpu or torch")
     if renderer == "torch" and family != "fractals":
-        raise ValueError(f"fractal.renderer=torch renders the 'fractals' family only, not {family!r}")
+        raise ConfigError(f"fractal.renderer=torch renders the 'fractals' family only, not {family!r}")
     if family not in FAMILIES:
-        raise ValueError(f"unknown fractal.family {family!r}; choose from {FAMILIES}")
+        raise ConfigError(f"unknown fractal.family {family!r}; choose from {FAMILIES}")
     if bank.family is not None and bank.family != family:
-        raise ValueError(f"the IFS bank was generated for family {bank.family!r}, the config asks "
+        raise ConfigError(f"the IFS bank was generated for family {bank.family!r}, the config asks "
                          f"for {family!r}; rerun the generate stage")
     render_cfg = RenderConfig(**fractal["render"])
     args = (bank, render_cfg, seed, renders_per_system, stream, mean, std)

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
+from console.errors import ConfigError
+
 
 class FractalClassifier(L.LightningModule):
     """Any timm architecture, random init; the FractalDB / Ugwu et al. recipe by default.
@@ -28,7 +30,7 @@ class FractalClassifier(L.LightningModule):
                  mixup: Mapping | None = None):
         super().__init__()
         if schedule not in ("step", "cosine"):
-            raise ValueError(f"pretrain.schedule must be 'step' or 'cosine', got {schedule!r}")
+            raise ConfigError(f"pretrain.schedule must be 'step' or 'cosine', got {schedule!r}")
         self.save_hyperparameters(ignore=["optimizer"])
         self.model = timm.create_model(backbone, pretrained=False, num_classes=num_classes)
         self.optimizer_factory = optimizer

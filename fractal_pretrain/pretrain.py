@@ -12,6 +12,7 @@ learning rate that goes with it) is the same on 1 GPU or 8. The sampler shards b
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,31 @@ class FractalDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
+
+
+class RngState(L.Callback):
+    """Puts the global RNG states (torch, numpy, python; CUDA too) into every checkpoint and restores
+    them on resume. Lightning checkpoints carry none: a resumed run would restart the global streams
+    from the seed, so the random crops (and MixUp/CutMix draws) after the resume point would differ
+    from an uninterrupted run. Stored as tensors and plain lists, so the checkpoint still loads with
+    ``torch.load``'s ``weights_only`` default."""
+
+    def state_dict(self) -> dict:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        version, py_state, py_gauss = random.getstate()
+        return {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+                "python": [version, list(py_state), py_gauss]}
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        version, py_state, py_gauss = state["python"]
+        random.setstate((version, tuple(py_state), py_gauss))
 
 
 class MlflowMetrics(L.Callback):
@@ -195,7 +221,7 @@ def pretrain(cfg: DictConfig, bank_path: str | Path, out_dir: str | Path) -> Pre
     trainer = L.Trainer(**t, max_steps=p.max_steps, default_root_dir=out_dir, logger=False,
                         use_distributed_sampler=False, check_val_every_n_epoch=p.val_every_n_epochs,
                         log_every_n_steps=10, enable_model_summary=cfg.get("verbose", False),
-                        callbacks=[monitor, StepProgress("pretrain", unit="step"), ModelCheckpoint(
+                        callbacks=[monitor, RngState(), StepProgress("pretrain", unit="step"), ModelCheckpoint(
                             dirpath=ckpt_dir, every_n_train_steps=p.checkpoint_every_n_steps,
                             save_last=True, save_top_k=0)])
     module = FractalClassifier(cfg.backbone.arch, bank.num_classes,

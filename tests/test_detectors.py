@@ -74,9 +74,26 @@ def check_record(record, detector: str, out: Path) -> None:
     assert m["fit_seconds"] > 0 and m["test_seconds"] > 0 and m["peak_rss_mb"] > 0
     assert record.metrics_csv.is_file()
     assert (out / "roc.png").stat().st_size > 1000
+    assert 0.0 <= m["val_image_AUROC"] <= 1.0  # the validation quantity sweepers receive
+    # training-free detectors fit on all 12 normals; trained ones hold the validation normals out
+    assert m["fit_images"] == (10 if detector in TRAINED else 12) and m["val_images"] >= 2, m
     if detector in TRAINED:  # the checkpoint tested is the one selected on the validation split
         assert m["selected_epoch"] == 0.0 and m["epochs_run"] == 1.0
         assert list((out / "weights").glob("best-epoch=0*.ckpt"))
+
+
+def check_predictions(record, test_dir: Path) -> None:
+    """predictions.csv holds every test image's raw score: AUROC recomputed from it with sklearn is
+    the reported image_AUROC (anomalib's post-processor clamps scores, which would break this)."""
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    rows = pd.read_csv(record.predictions_csv)
+    assert list(rows.columns) == ["image_path", "defect_type", "label", "score"]
+    on_disk = sorted(str(p.relative_to(test_dir.parent.parent)) for p in test_dir.rglob("*.png"))
+    assert sorted(rows.image_path) == on_disk  # every test image once, relative to the dataset root
+    assert set(rows.label[rows.defect_type == "good"]) == {0} and set(rows.label[rows.defect_type != "good"]) == {1}
+    assert record.metrics["image_AUROC"] == pytest.approx(roc_auc_score(rows.label, rows.score), abs=1e-6)
 
 
 def run_detector(tmp_path, data, export, detector, kind):
@@ -86,6 +103,7 @@ def run_detector(tmp_path, data, export, detector, kind):
     print(f"\nRESULT {detector} {kind} fit={record.metrics['fit_seconds']:.1f}s test={record.metrics['test_seconds']:.1f}s "
           f"image_AUROC={record.metrics['image_AUROC']:.3f} pixel_AUROC={record.metrics.get('pixel_AUROC', float('nan')):.3f}")
     check_record(record, detector, out)
+    check_predictions(record, Path(cfg.dataset.root) / cfg.dataset.category / "test")
     return record
 
 
@@ -208,6 +226,86 @@ def test_trained_detector_keeps_the_best_validation_epoch(tmp_path, data, fracta
 
 
 # ---------------------------------------------------------------------------------------------
+# Metrics on raw scores
+# ---------------------------------------------------------------------------------------------
+
+
+def pro_auc_reference(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
+    """AUPRO by its definition (Bergmann et al.), written independently of anomalib: at every
+    threshold, FPR over normal pixels and the mean overlap over connected defect regions; the area
+    under that curve up to ``fpr_limit`` (linear interpolation at the limit), divided by the limit."""
+    from scipy import ndimage
+
+    regions = []
+    for i, mask in enumerate(masks):
+        labelled, n = ndimage.label(mask, structure=np.ones((3, 3)))  # 8-connected, as anomalib
+        regions += [(i, labelled == k) for k in range(1, n + 1)]
+    normal = maps[masks == 0]
+    fprs, pros = [0.0], [0.0]
+    for t in np.unique(maps)[::-1]:
+        fprs.append(float((normal >= t).mean()))
+        pros.append(float(np.mean([(maps[i][region] >= t).mean() for i, region in regions])))
+    fprs, pros = np.array(fprs), np.array(pros)
+    inside = fprs <= fpr_limit
+    x, y = fprs[inside], pros[inside]
+    if x[-1] < fpr_limit:
+        j = np.flatnonzero(~inside)[0]
+        x = np.r_[x, fpr_limit]
+        y = np.r_[y, pros[j - 1] + (pros[j] - pros[j - 1]) * (fpr_limit - fprs[j - 1]) / (fprs[j] - fprs[j - 1])]
+    return float(np.trapezoid(y, x) / fpr_limit)
+
+
+def test_threshold_free_metrics_are_computed_on_raw_maps():
+    """A small case through the detect stage's post-processor and evaluator: pixel AUROC and AUPRO
+    equal sklearn's AUROC and a reference AUPRO on the raw maps. With anomalib's default
+    post-processor (normalised by the validation range and clamped) the same data scores differently."""
+    from anomalib.data import ImageBatch
+    from anomalib.post_processing import PostProcessor
+    from sklearn.metrics import roc_auc_score
+
+    from evaluation.metrics import RawScorePostProcessor, study_evaluator
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((6, 16, 16), np.int64)
+    masks[3, 2:6, 2:7] = 1
+    masks[4, 9:14, 8:12] = 1
+    masks[4, 1:3, 1:3] = 1  # two regions in one image
+    masks[5, 5:11, 5:11] = 1
+    # raw scores as PatchCore gives them: distances of 15-40, far outside [0, 1]
+    maps = 15 + 10 * (rng.random(masks.shape) + masks * rng.uniform(0.2, 1.5, masks.shape))
+    labels = masks.reshape(6, -1).max(1)
+
+    def batch(m, y, g):
+        return ImageBatch(image=torch.zeros(len(y), 3, 16, 16), gt_label=torch.tensor(y), gt_mask=torch.tensor(g).bool(),
+                          anomaly_map=torch.tensor(m, dtype=torch.float32), pred_score=torch.tensor(m.reshape(len(y), -1).max(1), dtype=torch.float32))
+
+    # a narrow validation range, as a weak backbone gives: many test values fall outside it
+    val = batch(15 + (maps[[0, 3]] - 15) * 0.3, labels[[0, 3]], masks[[0, 3]])
+    expected = {"pixel_AUROC": roc_auc_score(masks.ravel(), maps.ravel()),
+                "pixel_AUPRO": pro_auc_reference(maps.astype(np.float32), masks),
+                "image_AUROC": roc_auc_score(labels, maps.reshape(6, -1).max(1))}
+
+    def evaluate(post_processor) -> dict[str, float]:
+        post_processor.on_validation_batch_end(None, None, val)
+        post_processor.on_validation_epoch_end(None, None)
+        test = batch(maps, labels, masks)
+        post_processor.on_test_batch_end(None, None, test)
+        out = {}
+        for metric in study_evaluator(0.3).test_metrics:
+            metric.update(test)
+            out[metric.name] = float(metric.compute())
+        return out
+
+    raw = evaluate(RawScorePostProcessor())
+    for key, value in expected.items():
+        assert raw[key] == pytest.approx(value, abs=1e-5), (key, raw, expected)
+    clamped = evaluate(PostProcessor())
+    assert abs(clamped["pixel_AUROC"] - expected["pixel_AUROC"]) > 0.01, (clamped, expected)
+    assert abs(clamped["image_AUROC"] - expected["image_AUROC"]) > 0.01, (clamped, expected)
+    assert raw["image_F1Score"] == clamped["image_F1Score"]  # same validation threshold, same labels
+
+
+# ---------------------------------------------------------------------------------------------
 # ROC plot
 # ---------------------------------------------------------------------------------------------
 
@@ -258,3 +356,54 @@ def test_patchcore_peak_memory_stays_under_4gb(arch, tmp_path):
     print(f"\npeak RSS {arch}: {result['maxrss_mb']:.0f} MB")
     assert 0.0 <= result["image_AUROC"] <= 1.0
     assert result["maxrss_mb"] < 4096, result
+
+
+# ---------------------------------------------------------------------------------------------
+# Detector input: resize, optional centre crop (the study's 256 -> 224)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("crop", [None, 48])
+def test_images_and_masks_stay_aligned_through_resize_and_crop(crop):
+    """anomalib's PreProcessor applies our input transform to an image and its mask together: an
+    off-centre defect drawn in both lands on the same pixels after resize (+ centre crop)."""
+    from anomalib.data import ImageBatch
+    from anomalib.pre_processing import PreProcessor
+    from omegaconf import OmegaConf
+    from torchvision import tv_tensors
+
+    from detectors.detect import input_transform
+
+    image = torch.zeros(1, 3, 100, 100)
+    mask = torch.zeros(1, 100, 100, dtype=torch.bool)
+    image[..., 20:45, 55:90] = 1.0
+    mask[..., 20:45, 55:90] = True
+    d = OmegaConf.create({"image_size": 64, "crop": crop})
+    batch = ImageBatch(image=image, gt_mask=tv_tensors.Mask(mask), gt_label=torch.tensor([1]))
+    PreProcessor(transform=input_transform(d, (0.5,) * 3, (0.25,) * 3)).on_test_batch_start(None, None, batch, 0)
+    side = crop or 64
+    assert batch.image.shape[-2:] == (side, side) and batch.gt_mask.shape[-2:] == (side, side)
+    bright = (batch.image[0, 0] * 0.25 + 0.5) > 0.5  # undo the normalisation
+
+    def iou(a, b):
+        return float((a & b).sum() / (a | b).sum())
+
+    assert batch.gt_mask[0].sum() > 0
+    assert iou(bright, batch.gt_mask[0]) > 0.95
+    assert iou(bright, torch.roll(batch.gt_mask[0], 2, dims=1)) < 0.9  # a 2 px misalignment would show
+
+
+def test_crop_larger_than_the_resize_is_refused():
+    from omegaconf import OmegaConf
+
+    from detectors.detect import input_transform
+
+    with pytest.raises(ValueError, match="dataset.crop=300 must lie between 32 and dataset.image_size=256"):
+        input_transform(OmegaConf.create({"image_size": 256, "crop": 300}), (0.5,) * 3, (0.5,) * 3)
+
+
+def test_study_experiments_crop_as_the_study_and_builtin_runs_do_not(tmp_path):
+    assert compose_config(tmp_path).dataset.crop is None
+    for experiment in ("study_mvtec", "study_visa"):
+        d = compose_config(tmp_path, f"+experiment={experiment}").dataset
+        assert d.crop == 224, experiment  # (image_size 256 there; the tests shrink it)

@@ -62,7 +62,7 @@ def test_stage_runs_carry_params_metrics_artifacts_and_lineage(two_runs):
     assert "fractals/preview.png" in artifacts(generate["run_id"])
     assert {"config.yaml", "backbone/config.json", "backbone/model.safetensors"} <= set(artifacts(pretrain["run_id"]))
     detect_files = artifacts(detect["run_id"])
-    assert "metrics.csv" in detect_files and "config.yaml" in detect_files
+    assert {"metrics.csv", "predictions.csv", "roc.png", "config.yaml"} <= set(detect_files)
     assert len([f for f in detect_files if f.startswith("anomaly_maps/")]) == 2
 
 
@@ -100,3 +100,56 @@ def test_different_seed_gives_different_fractals(tiny_config, tmp_path):
 
     previews = [generate(tiny_config(f"seed={s}"), tmp_path / str(s)).preview_path.read_bytes() for s in (0, 1)]
     assert previews[0] != previews[1]
+
+
+def test_pretrain_checkpoint_reloads_under_weights_only_and_carries_the_rng_state(two_runs):
+    """torch >= 2.6 loads with weights_only=True: no OmegaConf objects (or numpy arrays) may be pickled
+    into the checkpoint. The RNG states ride along so a resume continues the same random streams."""
+    import random
+
+    from fractal_pretrain.pretrain import RngState
+
+    cfgs, _, _ = two_runs
+    ckpt = torch.load(Path(cfgs[0].paths.output_dir) / "pretrain/checkpoints/last.ckpt", map_location="cpu")
+    assert ckpt["hyper_parameters"]["backbone"] == "resnet18" and ckpt["state_dict"]
+    saved = ckpt["callbacks"]["RngState"]
+
+    def draws():
+        return torch.rand(4).tolist(), np.random.rand(4).tolist(), [random.random() for _ in range(4)]
+
+    RngState().load_state_dict(saved)
+    first = draws()
+    RngState().load_state_dict(saved)
+    assert draws() == first
+
+
+def test_a_job_gives_the_same_result_alone_and_after_another_job(tmp_path, data_dir):
+    """Random-init PaDiM (its init and its random channel subset both draw from the RNG) run alone in
+    a fresh state, then again as the second job of an in-process sequence: identical scores."""
+    from conftest import compose_config
+    from detectors.layers import feature_layers
+
+    def job(name: str, *overrides: str):
+        cfg = compose_config(tmp_path, f"paths.output_dir={tmp_path}/{name}", "stages=[detect]", *overrides,
+                             data_dir=data_dir)
+        metrics = run_pipeline(cfg)
+        return metrics, (tmp_path / name / "detect/predictions.csv").read_text()
+
+    padim = ("backbone=random", "detector=padim")
+    feature_layers.cache_clear()  # as in a fresh process: nothing probed yet
+    alone = job("alone", *padim)
+    job("other", "backbone=random", "backbone.arch=efficientnet_lite0", "detector=dfm", "seed=3")
+    second = job("second", *padim)
+    assert alone[1] == second[1]  # every raw test score, bit for bit
+    for key in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Score"):
+        assert alone[0][key] == second[0][key], key
+
+
+def test_sweepers_get_a_validation_quantity_never_a_test_metric(two_runs, tiny_config):
+    cfgs, metrics, _ = two_runs
+    assert cfgs[0].objective == "val_image_AUROC"
+    assert 0.0 <= metrics[0]["val_image_AUROC"] <= 1.0
+    # PatchCore fits on every training normal; the validation split is made from them too
+    assert metrics[0]["fit_images"] == cfgs[0].dataset.builtin.n_train and metrics[0]["val_images"] > 0
+    with pytest.raises(ValueError, match="objective=image_AUROC is not a validation metric.*test set.*val_image_AUROC"):
+        run_pipeline(tiny_config("objective=image_AUROC"))
