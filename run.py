@@ -135,7 +135,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     sweep_run_id = os.environ.get(SWEEP_RUN_ENV)
     tags = {"backbone": cfg.backbone.source, "arch": cfg.backbone.arch, "detector": cfg.detector.name,
             "dataset": cfg.dataset.name, "category": cfg.dataset.category, "seed": str(cfg.seed),
-            "config_hash": config_hash(cfg), "pretrain_hash": pretrain_hash(cfg), **({"sweep_run_id": sweep_run_id} if sweep_run_id else {})}
+            "config_hash": config_hash(cfg), "pretrain_hash": pretrain_hash(cfg),
+            **({"sweep_run_id": sweep_run_id} if sweep_run_id else {})}
 
     export_dir = pretrain_run_id = None
     metrics: dict[str, float] = {}

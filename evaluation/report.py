@@ -208,7 +208,9 @@ def markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> st
     if comparisons is not None and not comparisons.empty:
         lines += ["", "Paired comparison (matched category x seed runs of the same detector, dataset "
                   "and architecture): mean difference a - b, 95% paired-bootstrap CI, two-sided "
-                  "Wilcoxon signed-rank p (exact; with n pairs p cannot go below 2/2^n).", ""]
+                  "Wilcoxon signed-rank p (exact; with n pairs p cannot go below 2/2^n, 0.25 for 3). With under "
+                  "about 10 pairs the percentile bootstrap interval is too narrow: read it with the p "
+                  "and n, and add seeds (seed=0,1,2) for a real interval.", ""]
         lines += _table(["detector", "dataset", "arch", "a - b", "metric", "n pairs", "mean diff",
                          "95% CI", "Wilcoxon p"],
                         [[r.detector, r.dataset, r.arch, r.comparison, r.metric, str(r.pairs),
@@ -233,13 +235,14 @@ def bar_plot(table: pd.DataFrame, path: Path) -> Path:
     groups = list(dict.fromkeys(table["detector"] + " / " + table["dataset"]))
     fig, axes = plt.subplots(1, len(HEADLINE), figsize=(4.5 * len(HEADLINE), 3.8), squeeze=False)
     width = 0.8 / max(len(arms), 1)
-    over_categories = False
+    over_categories, over_seeds = False, False
     for ax, metric in zip(axes[0], HEADLINE):
         for i, (backbone, label) in enumerate(arms):
             sub = table[table["label"] == label]
             x = [groups.index(g) + (i - (len(arms) - 1) / 2) * width for g in sub["detector"] + " / " + sub["dataset"]]
             by_seed = sub[f"{metric}_ci_low"].notna()
             over_categories |= bool((~by_seed & sub[f"{metric}_mean"].notna()).any())
+            over_seeds |= bool(by_seed.any())
             low = sub[f"{metric}_ci_low"].where(by_seed, sub[f"{metric}_cat_ci_low"])
             high = sub[f"{metric}_ci_high"].where(by_seed, sub[f"{metric}_cat_ci_high"])
             mean = sub[f"{metric}_mean"]
@@ -250,8 +253,9 @@ def bar_plot(table: pd.DataFrame, path: Path) -> Path:
         ax.axhline(0.5, color="grey", lw=0.8, ls=":")
         ax.set_title(metric)
     axes[0][0].legend(title="backbone")
-    fig.suptitle("mean; error bars: 95% t-interval over seeds"
-                 + (" (over categories where one seed)" if over_categories else ""), fontsize=9)
+    bars = {(True, False): "over seeds", (False, True): "over categories (one seed)",
+            (True, True): "over seeds (over categories where one seed)"}.get((over_seeds, over_categories), "")
+    fig.suptitle(f"mean; error bars: 95% t-interval {bars}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
