@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the pipeline with its pinned dependencies
 
-run: $(STAMP) ## run the whole pipeline on the built-in dataset (CPU, a few minutes)
-	$(PY) run.py
+run: $(STAMP) ## fractal vs ImageNet vs random init (PatchCore, built-in data), then the report (CPU, <10 min)
+	$(PY) run.py -m +experiment=compare_builtin
 
 test: $(STAMP) ## run the default test selection (CPU, a few minutes)
 	$(PY) -m pytest

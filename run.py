@@ -64,6 +64,22 @@ def config_hash(cfg: DictConfig, keys: tuple[str, ...] | None = None) -> str:
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+# settings that change neither the weights nor how the detector sees them
+BOOKKEEPING = {"reuse", "resume", "log_export", "checkpoint_every_n_steps", "num_workers", "val_every_n_epochs",
+               "val_renders_per_system", "allow_download", "offline_import"}
+
+
+def pretrain_hash(cfg: DictConfig) -> str:
+    """The recipe of the backbone's weights, which (with detector and dataset) defines a report arm:
+    the backbone settings (source, arch, weights, normalisation), plus the fractal and pretrain
+    settings when this call trains the weights. Seeds vary within an arm, so they are left out."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    trains = cfg.backbone.source == "fractal" and not cfg.backbone.weights
+    picked = {g: {k: v for k, v in resolved[g].items() if k not in BOOKKEEPING}
+              for g in (("backbone", "fractal", "pretrain") if trains else ("backbone",))}
+    return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
@@ -137,7 +153,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     sweep_run_id = os.environ.get(SWEEP_RUN_ENV)
     tags = {"backbone": cfg.backbone.source, "arch": cfg.backbone.arch, "detector": cfg.detector.name,
             "dataset": cfg.dataset.name, "category": cfg.dataset.category, "seed": str(cfg.seed),
-            "config_hash": config_hash(cfg), **({"sweep_run_id": sweep_run_id} if sweep_run_id else {})}
+            "config_hash": config_hash(cfg), "pretrain_hash": pretrain_hash(cfg),
+            **({"sweep_run_id": sweep_run_id} if sweep_run_id else {})}
 
     export_dir = pretrain_run_id = None
     metrics: dict[str, float] = {}

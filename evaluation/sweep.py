@@ -51,7 +51,7 @@ class SweepTracking(Callback):
                 for path in paths.values():
                     client.log_artifact(self.run_id, str(path), "report")
                 print("\n" + paths["markdown"].read_text())
-                print(f"report: {paths['markdown'].parent}")
+                print(report.closing_lines(paths, config.mlflow.tracking_uri))
             except Exception as err:  # the jobs' own runs are complete; say why the report is not
                 print(f"comparison report failed: {err}")
                 status = "FAILED"

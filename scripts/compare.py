@@ -1,11 +1,15 @@
 """Comparison report from the MLflow store: fractal vs ImageNet vs random, per detector and dataset.
 
-    python scripts/compare.py                          # every FINISHED detect run in the experiment
+    python scripts/compare.py                          # every detect run in the experiment
     python scripts/compare.py --sweep <sweep run id>   # one multirun (its id is printed at the start)
     python scripts/compare.py --filter "tags.dataset = 'builtin'" --out outputs/report
 
-Writes runs.csv, summary.csv, summary.md, comparison.png (grouped bars) and per_category.png (heat
-map) and prints the summary table. A multirun writes the same report into its folder at the end.
+Writes runs.csv, summary.csv (per arm: mean, std and 95% CI over seeds and over categories),
+paired.csv (fractal vs random, fractal vs ImageNet, ImageNet vs random: mean difference, paired
+bootstrap CI, Wilcoxon p), summary.md (both tables), comparison.png (grouped bars, 95% CI) and
+per_category.png (heat map), and prints the tables. A multirun writes the same report into its
+folder at the end. An arm is backbone x arch x pre-training recipe x detector x dataset; failed
+and missing category runs are listed, never averaged away (see evaluation/report.py).
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(paths["markdown"].read_text())
-    print(f"{len(rows)} detect runs -> {Path(args.out).resolve()}")
+    print(f"{len(rows)} detect runs")
+    print(report.closing_lines(paths, args.tracking_uri))
     return 0
 
 

@@ -21,7 +21,7 @@ def test_the_three_foundation_experiments_exist():
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_and_resolves(name, tmp_path):
     cfg = compose_config(tmp_path, f"+experiment={name}")
-    assert cfg.backbone.source in name or name.startswith("study")
+    assert cfg.backbone.source in name or name.startswith(("study", "compare"))  # grids name no one source
     # everything resolves, and paths are absolute whatever the working directory
     for key in ("paths.root_dir", "paths.data_dir", "dataset.root"):
         assert Path(cfg[key.split(".")[0]][key.split(".")[1]]).is_absolute(), key

@@ -35,6 +35,9 @@ def test_one_sweep_parent_with_four_finished_jobs_tagged_by_their_choices(sweep)
         ("fractal", "patchcore"), ("fractal", "padim"), ("random", "patchcore"), ("random", "padim")}
     assert set(runs.loc[runs["tags.stage"] != "sweep", "tags.sweep_run_id"]) == {sweep_id}
     assert jobs["tags.config_hash"].nunique() == 4
+    # one recipe per backbone source: the detector is its own report key, not part of the recipe
+    assert jobs.groupby("tags.backbone")["tags.pretrain_hash"].nunique().to_dict() == {"fractal": 1, "random": 1}
+    assert jobs["tags.pretrain_hash"].nunique() == 2
     for tag in ("dataset", "category", "seed"):
         assert jobs[f"tags.{tag}"].notna().all()
 
@@ -59,7 +62,9 @@ def test_report_table_matches_the_jobs_metrics(sweep):
             assert row[f"{metric}_mean"] == pytest.approx(match[f"metrics.{metric}"].iloc[0])
     assert (report_dir / "comparison.png").stat().st_size > 10_000
     assert (report_dir / "per_category.png").stat().st_size > 5_000
-    assert "| fractal | padim | builtin |" in proc.stdout  # printed in the terminal too
+    assert "| fractal | padim | builtin | resnet18 |" in proc.stdout  # printed in the terminal too
+    assert f"picture: {report_dir / 'comparison.png'}" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    assert (report_dir / "paired.csv").is_file()
     client = __import__("mlflow").MlflowClient(f"sqlite:///{out}/mlflow.db")
     (sweep_id,) = runs[runs["tags.stage"] == "sweep"]["run_id"]
     assert {a.path for a in client.list_artifacts(sweep_id, "report")} >= {"report/summary.md", "report/comparison.png"}
@@ -74,4 +79,4 @@ def test_compare_script_rebuilds_the_report_from_the_store(sweep, tmp_path):
     empty = subprocess.run([sys.executable, str(ROOT / "scripts/compare.py"), "--tracking-uri",
                             f"sqlite:///{out}/mlflow.db", "--sweep", "nope", "--out", str(tmp_path / "x")],
                            capture_output=True, text=True)
-    assert empty.returncode == 2 and "no FINISHED detect runs" in empty.stderr
+    assert empty.returncode == 2 and "no detect runs match" in empty.stderr

@@ -1,0 +1,250 @@
+"""The comparison report's statistics, checked against independent computations (scipy, numpy).
+
+Rows are built with known values (the shape ``report.collect`` returns) or logged as real runs
+into a temporary MLflow SQLite store; the slow test runs the main experiment through run.py -m.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from conftest import TINY, runs_of
+from evaluation import report
+from evaluation.metrics import HEADLINE
+from run import ROOT
+
+CATEGORIES = ["tiles", "washer", "weave"]
+
+
+def arm_rows(backbone: str, values: dict[tuple[str, int], float], arch: str = "efficientnet_lite0",
+             recipe: str = "h0", detector: str = "patchcore", status: dict | None = None,
+             pixel: bool = True) -> pd.DataFrame:
+    """Rows of one arm: ``values[(category, seed)]`` is the image AUROC; pixel metrics derived from it."""
+    rows = []
+    for (category, seed), v in values.items():
+        row = {"run_id": f"{backbone}-{arch}-{recipe}-{category}-{seed}", "backbone": backbone,
+               "detector": detector, "dataset": "builtin", "arch": arch, "pretrain_hash": recipe,
+               "category": category, "seed": str(seed), "image_AUROC": v,
+               "status": (status or {}).get((category, seed), "FINISHED")}
+        if pixel:
+            row.update(pixel_AUROC=v - 0.1, pixel_AUPRO=v - 0.2)
+        rows.append(row)
+    return pd.DataFrame(rows).reindex(columns=["run_id", "status", *report.ARM, "category", "seed", *HEADLINE])
+
+
+def grid(rng: np.random.Generator, seeds=(0, 1, 2), categories=CATEGORIES, offset=0.0):
+    return {(c, s): float(np.clip(0.7 + offset + 0.1 * rng.standard_normal(), 0, 1))
+            for c, s in itertools.product(categories, seeds)}
+
+
+def test_cell_mean_std_and_interval_match_scipy_t():
+    values = grid(np.random.default_rng(0))
+    (row,) = report.summarise(arm_rows("fractal", values)).to_dict("records")
+    per_seed = [np.mean([values[(c, s)] for c in CATEGORIES]) for s in (0, 1, 2)]
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(per_seed), scale=stats.sem(per_seed))
+    assert row["seeds"] == 3 and row["categories"] == 3 and row["status"] == "ok"
+    assert row["image_AUROC_mean"] == pytest.approx(np.mean(per_seed))
+    assert row["image_AUROC_std"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert (row["image_AUROC_ci_low"], row["image_AUROC_ci_high"]) == pytest.approx((low, high))
+    per_cat = [np.mean([values[(c, s)] for s in (0, 1, 2)]) for c in CATEGORIES]
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(per_cat), scale=stats.sem(per_cat))
+    assert (row["image_AUROC_cat_ci_low"], row["image_AUROC_cat_ci_high"]) == pytest.approx((low, high))
+    assert row["pixel_AUPRO_mean"] == pytest.approx(np.mean(per_seed) - 0.2)
+    assert row["image_AUROC:washer"] == pytest.approx(per_cat[1])
+
+
+def test_one_seed_has_a_mean_and_no_interval_and_says_so():
+    values = grid(np.random.default_rng(1), seeds=(0,))
+    table = report.summarise(arm_rows("random", values))
+    row = table.iloc[0]
+    assert row["image_AUROC_mean"] == pytest.approx(np.mean(list(values.values())))
+    assert np.isnan(row["image_AUROC_ci_low"]) and np.isnan(row["image_AUROC_std"])
+    assert np.isfinite(row["image_AUROC_cat_ci_low"])  # the spread over categories still exists
+    text = report.markdown(table)
+    assert f"| {row['image_AUROC_mean']:.3f} |" in text and "none with one seed" in text
+
+
+def test_paired_comparison_matches_scipy_wilcoxon_on_the_same_pairs():
+    rng = np.random.default_rng(2)
+    fractal, random = grid(rng, offset=0.08), grid(rng)
+    rows = pd.concat([arm_rows("fractal", fractal), arm_rows("random", random, recipe="h1")])
+    comparisons = report.paired(rows)
+    (row,) = comparisons[(comparisons["metric"] == "image_AUROC")].to_dict("records")
+    keys = sorted(fractal)
+    a, b = np.array([fractal[k] for k in keys]), np.array([random[k] for k in keys])
+    assert row["comparison"] == "fractal - random" and row["pairs"] == 9
+    assert row["mean_diff"] == pytest.approx(np.mean(a - b))
+    assert row["wilcoxon_p"] == pytest.approx(stats.wilcoxon(a, b).pvalue)
+    # the paired bootstrap interval against a plain numpy percentile bootstrap of the same pairs
+    d = a - b
+    means = d[np.random.default_rng(7).integers(0, d.size, (20_000, d.size))].mean(axis=1)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])), abs=0.01)
+    assert row["ci_low"] < row["mean_diff"] < row["ci_high"]
+    text = report.markdown(report.summarise(rows), comparisons)
+    assert f"| fractal - random | image_AUROC | 9 | {np.mean(d):+.3f} |" in text
+
+
+def test_different_architectures_and_recipes_are_never_pooled():
+    rng = np.random.default_rng(3)
+    fractal_a, fractal_b = grid(rng, offset=0.1), grid(rng, offset=-0.1)
+    random_lite, random_r18 = grid(rng), grid(rng, offset=0.2)
+    rows = pd.concat([arm_rows("fractal", fractal_a, recipe="aaa"), arm_rows("fractal", fractal_b, recipe="bbb"),
+                      arm_rows("random", random_lite, recipe="rnd"),
+                      arm_rows("random", random_r18, arch="resnet18", recipe="rnd18")])
+    table = report.summarise(rows).set_index(["arch", "pretrain_hash"])
+    assert len(table) == 4
+    for key, values in {("efficientnet_lite0", "aaa"): fractal_a, ("efficientnet_lite0", "bbb"): fractal_b,
+                        ("efficientnet_lite0", "rnd"): random_lite, ("resnet18", "rnd18"): random_r18}.items():
+        assert table.loc[key, "image_AUROC_mean"] == pytest.approx(np.mean(list(values.values())))
+        assert table.loc[key, "seeds"] == 3
+    comparisons = report.paired(rows)
+    image = comparisons[comparisons["metric"] == "image_AUROC"]
+    # each fractal recipe against the random arm of ITS architecture only; resnet18 has no partner
+    assert set(image["arch"]) == {"efficientnet_lite0"}
+    assert sorted(image["pretrain_hash_a"]) == ["aaa", "bbb"] and set(image["pretrain_hash_b"]) == {"rnd"}
+    assert (image["pairs"] == 9).all()
+    assert image.set_index("pretrain_hash_a").loc["bbb", "mean_diff"] == pytest.approx(
+        np.mean([fractal_b[k] - random_lite[k] for k in fractal_b]))
+
+
+def test_missing_and_failed_categories_are_flagged_not_averaged_over():
+    rng = np.random.default_rng(4)
+    random = grid(rng)
+    fractal = {k: v for k, v in grid(rng).items() if k != ("washer", 2)}  # seed 2 lacks washer
+    imagenet = grid(rng, offset=0.2)
+    rows = pd.concat([arm_rows("fractal", fractal), arm_rows("random", random),
+                      arm_rows("imagenet", imagenet, status={("weave", 1): "FAILED"})])
+    rows.loc[rows["status"] == "FAILED", list(HEADLINE)] = np.nan  # a failed run logs no metrics
+    table = report.summarise(rows).set_index("backbone")
+    assert table.loc["random", "status"] == "ok"
+    assert table.loc["fractal", "status"] == "missing washer (seed 2)"
+    assert table.loc["imagenet", "status"] == "FAILED weave (seed 1)"
+    # statistics only over the seeds that have every category
+    assert table.loc["fractal", "seeds"] == 2 and table.loc["imagenet", "seeds"] == 2
+    complete = [np.mean([fractal[(c, s)] for c in CATEGORIES]) for s in (0, 1)]
+    assert table.loc["fractal", "image_AUROC_mean"] == pytest.approx(np.mean(complete))
+    assert table.loc["fractal", "image_AUROC_ci_high"] == pytest.approx(
+        stats.t.interval(0.95, 1, loc=np.mean(complete), scale=stats.sem(complete))[1])
+    text = report.markdown(table.reset_index())
+    assert "missing washer (seed 2)" in text and "FAILED weave (seed 1)" in text
+    fractal_line = next(x for x in text.splitlines() if x.startswith("| fractal |"))
+    assert f"| {np.mean([fractal[('washer', s)] for s in (0, 1)]):.3f}* |" in fractal_line
+    # an arm with no complete seed has no numbers, shown as '-', and the plots still draw
+    only_two = arm_rows("fractal", {k: v for k, v in fractal.items() if k[0] != "washer"}, recipe="h9")
+    table = report.summarise(pd.concat([rows, only_two])).set_index("pretrain_hash")
+    assert table.loc["h9", "seeds"] == 0 and np.isnan(table.loc["h9", "image_AUROC_mean"])
+
+
+def test_missing_metric_columns_are_dashes_never_zero(tmp_path):
+    rng = np.random.default_rng(5)
+    # image-only dataset: no pixel metrics at all; and one arm where one category lacks them
+    rows = pd.concat([arm_rows("fractal", grid(rng), pixel=False), arm_rows("random", grid(rng), recipe="h1")])
+    rows.loc[(rows["backbone"] == "random") & (rows["category"] == "weave"), "pixel_AUROC"] = np.nan
+    table = report.summarise(rows).set_index("backbone")
+    assert np.isnan(table.loc["fractal", "pixel_AUROC_mean"]) and np.isnan(table.loc["random", "pixel_AUROC_mean"])
+    assert np.isfinite(table.loc["random", "pixel_AUPRO_mean"])
+    comparisons = report.paired(rows)
+    assert set(comparisons["metric"]) == {"image_AUROC"}  # no pairs for the pixel metrics
+    paths = report.write_report(rows, tmp_path)
+    line = next(x for x in paths["markdown"].read_text().splitlines() if x.startswith("| fractal |"))
+    assert "| - | - |" in line and "0.000" not in line
+    assert paths["bars"].stat().st_size > 10_000
+
+
+def test_pretrain_hash_names_the_recipe_not_the_seed_or_the_bookkeeping(tmp_path):
+    from conftest import compose_config
+    from run import pretrain_hash
+
+    def h(*overrides):
+        return pretrain_hash(compose_config(tmp_path, *overrides))
+
+    fractal = h()
+    assert fractal == h("seed=3", "detector=padim", "dataset.category=tiles", "pretrain.reuse=false")
+    for change in ("fractal.num_classes=4", "pretrain.max_steps=5", "backbone.arch=efficientnet_lite0",
+                   "backbone.normalization=imagenet", "backbone=random", "backbone.weights=/some/export"):
+        assert h(change) != fractal, change
+    assert h("backbone=random") == h("backbone=random", "fractal.num_classes=4")  # no pre-training
+
+
+def log_run(client, experiment_id, tags, metrics, status="FINISHED"):
+    run = client.create_run(experiment_id, tags={"stage": "detect", **tags})
+    for k, v in metrics.items():
+        client.log_metric(run.info.run_id, k, v)
+    client.set_terminated(run.info.run_id, status)
+
+
+def test_collect_and_compare_script_on_a_real_store(tmp_path):
+    """Real runs in SQLite: old runs without arch/pretrain_hash tags, a FAILED run, no pixel metrics,
+    a RUNNING run (in flight, ignored); compare.py rebuilds the report and exits 0."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    experiment_id = client.create_experiment("fractal-ad")
+    base = {"detector": "patchcore", "dataset": "images", "seed": "0"}
+    for backbone, category, auroc in [("fractal", "a", 0.7), ("fractal", "b", 0.8),
+                                      ("random", "a", 0.6), ("random", "b", 0.5)]:
+        log_run(client, experiment_id, {**base, "backbone": backbone, "category": category}, {"image_AUROC": auroc})
+    log_run(client, experiment_id, {**base, "backbone": "imagenet", "category": "a", "arch": "x",
+                                    "pretrain_hash": "p"}, {}, status="FAILED")
+    client.create_run(experiment_id, tags={"stage": "detect", **base, "backbone": "imagenet", "category": "b"})
+    rows = report.collect(uri, "fractal-ad")
+    assert len(rows) == 5 and set(rows["status"]) == {"FINISHED", "FAILED"}
+    assert set(rows.loc[rows["backbone"] == "fractal", "arch"]) == {report.UNKNOWN}
+    assert rows["pixel_AUROC"].isna().all()
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/compare.py"), "--tracking-uri", uri,
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(tmp_path / "out/summary.csv").set_index("backbone")
+    assert table.loc["fractal", "image_AUROC_mean"] == pytest.approx(0.75)
+    assert table.loc["imagenet", "status"] == "FAILED a (seed 0); missing b (seed 0)"
+    assert "| - | - | - | FAILED | missing | FAILED a (seed 0)" in proc.stdout
+    assert "| fractal - random | image_AUROC | 2 | +0.200 |" in proc.stdout
+
+
+@pytest.mark.parametrize("backbone", ["fractal", "imagenet_offline", "random"])
+def test_main_experiment_is_three_sources_on_one_architecture(backbone, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF_DIR
+
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["+experiment=compare_builtin", f"backbone={backbone}",
+                                           f"paths.outputs_dir={tmp_path}", f"paths.output_dir={tmp_path}/job"],
+                      return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params.backbone.split(",") == ["fractal", "imagenet_offline", "random"]
+    assert params["dataset.category"].split(",") == ["weave", "tiles", "washer"]
+    assert cfg.detector.name == "patchcore" and cfg.dataset.name == "builtin"
+    assert cfg.backbone.arch == "efficientnet_lite0" and cfg.backbone.normalization == "imagenet"
+    assert cfg.hydra.callbacks.sweep_tracking.report is True
+
+
+@pytest.mark.slow
+def test_main_experiment_compares_three_arms_on_one_architecture(tmp_path):
+    """`python run.py -m +experiment=compare_builtin` shrunk (tiny pre-training, small built-in
+    data, one category): three arms on one architecture in the report, and the closing lines."""
+    tiny = [o for o in TINY if o.startswith(("fractal.", "pretrain."))]
+    cmd = [sys.executable, str(ROOT / "run.py"), "-m", "+experiment=compare_builtin", *tiny,
+           "dataset.category=tiles", f"paths.outputs_dir={tmp_path}", "mlflow.system_metrics=false",
+           "detector.log_images=0", "dataset.builtin.n_train=12", "dataset.builtin.n_test_good=3",
+           "dataset.builtin.n_test_defect=2"]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (report_dir,) = tmp_path.glob("multirun/*/report")
+    table = pd.read_csv(report_dir / "summary.csv")
+    assert sorted(table["backbone"]) == ["fractal", "imagenet", "random"]
+    assert table["arch"].nunique() == 1 and set(table["detector"]) == {"patchcore"}
+    assert (table["status"] == "ok").all()
+    comparisons = pd.read_csv(report_dir / "paired.csv")
+    assert set(comparisons["comparison"]) == {"fractal - random", "fractal - imagenet", "imagenet - random"}
+    assert str(report_dir / "comparison.png") in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    assert set(runs_of(f"sqlite:///{tmp_path}/mlflow.db")["status"]) == {"FINISHED"}
