@@ -24,10 +24,23 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def setup(tracking_uri: str, experiment: str) -> None:
-    """Point MLflow at the store and create the experiment (and the SQLite schema) once."""
+    """Point MLflow at the store and create the experiment (and the SQLite schema) once.
+
+    A SQLite store's default artifact root is ``./mlruns`` relative to the working directory, so
+    artifacts would land wherever the command was started: the experiment is created with its
+    artifacts beside the database instead (``<store folder>/mlartifacts/<experiment>``).
+    """
+    artifacts = None
     if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        artifacts = (db.parent / "mlartifacts" / experiment).as_uri()
     mlflow.set_tracking_uri(tracking_uri)
+    if artifacts and mlflow.get_experiment_by_name(experiment) is None:
+        try:
+            mlflow.create_experiment(experiment, artifact_location=artifacts)
+        except mlflow.exceptions.MlflowException:  # a parallel job created it first
+            pass
     if EXPERIMENT_KIND[0] not in mlflow.set_experiment(experiment).tags:
         mlflow.set_experiment_tag(*EXPERIMENT_KIND)
 

@@ -26,3 +26,16 @@ def test_an_experiment_made_before_the_tag_existed_gets_it(tmp_path):
     assert "mlflow.experimentKind" not in mlflow.get_experiment_by_name("old").tags
     tracking.setup(uri, "old")  # what run.py and the sweep callback call first
     assert mlflow.get_experiment_by_name("old").tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_artifacts_land_beside_the_store_whatever_the_working_directory(tmp_path, monkeypatch):
+    elsewhere = tmp_path / "started_here"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    tracking.setup(uri, "where")
+    with mlflow.start_run():
+        mlflow.log_text("x", "a.txt")
+        artifact_uri = mlflow.get_artifact_uri()
+    assert artifact_uri.startswith((tmp_path / "store" / "mlartifacts" / "where").as_uri())
+    assert (tmp_path / "store" / "mlartifacts" / "where").is_dir() and not (elsewhere / "mlruns").exists()
