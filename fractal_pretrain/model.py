@@ -21,12 +21,14 @@ class FractalClassifier(L.LightningModule):
     MixUp/CutMix (the follow-up's heavy recipe) act on whole batches and change the loss, so they
     live here; they draw from the seeded main-process generators, whatever the loader workers.
     ``lr_milestones`` are fractions of all optimiser steps (the study decays by ``lr_gamma`` at
-    epochs 30 and 60 of 100: 0.3, 0.6); ``schedule="cosine"`` uses linear warm-up then cosine.
+    epochs 30 and 60 of 100: 0.3, 0.6); ``schedule="cosine"`` uses linear warm-up from ``warmup_lr``
+    then cosine down to ``min_lr`` (OFDB-4AD: from 1e-6, down to 1e-5). MixUp/CutMix hit a batch with
+    probability ``mixup.prob`` (OFDB-4AD: 0.8), CutMix instead of MixUp with ``mixup.switch_prob``.
     """
 
     def __init__(self, backbone: str, num_classes: int, optimizer: Callable[..., torch.optim.Optimizer],
                  schedule: str = "step", lr_milestones: Sequence[float] = (0.3, 0.6),
-                 lr_gamma: float = 0.1, warmup_steps: int = 0,
+                 lr_gamma: float = 0.1, warmup_steps: int = 0, warmup_lr: float = 0.0, min_lr: float = 0.0,
                  mixup: Mapping | None = None):
         super().__init__()
         if schedule not in ("step", "cosine"):
@@ -36,7 +38,8 @@ class FractalClassifier(L.LightningModule):
         self.optimizer_factory = optimizer
         mix = dict(mixup or {})
         self.mixup = (Mixup(mixup_alpha=mix.get("mixup_alpha", 0.0), cutmix_alpha=mix.get("cutmix_alpha", 0.0),
-                            label_smoothing=mix.get("label_smoothing", 0.0), num_classes=num_classes)
+                            label_smoothing=mix.get("label_smoothing", 0.0), prob=mix.get("prob", 1.0),
+                            switch_prob=mix.get("switch_prob", 0.5), num_classes=num_classes)
                       if mix.get("mixup_alpha", 0.0) > 0 or mix.get("cutmix_alpha", 0.0) > 0 else None)
         self.label_smoothing = mix.get("label_smoothing", 0.0)
 
@@ -73,12 +76,14 @@ class FractalClassifier(L.LightningModule):
             milestones = sorted({max(1, int(f * total)) for f in self.hparams.lr_milestones})
             sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=self.hparams.lr_gamma)
         else:
-            warm = self.hparams.warmup_steps
+            warm, base = self.hparams.warmup_steps, opt.param_groups[0]["lr"]
+            start, floor = self.hparams.warmup_lr / base, self.hparams.min_lr / base  # as fractions of lr
 
             def factor(step: int) -> float:
                 if step < warm:
-                    return (step + 1) / warm
-                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+                    return start + (1 - start) * (step + 1) / warm
+                progress = min(1.0, (step - warm) / max(1, total - warm))
+                return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
             sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -228,6 +228,7 @@ def pretrain(cfg: DictConfig, bank_path: str | Path, out_dir: str | Path) -> Pre
                                optimizer=hydra.utils.instantiate(p.optimizer, _partial_=True),
                                schedule=p.schedule, lr_milestones=list(p.lr_milestones),
                                lr_gamma=p.lr_gamma, warmup_steps=p.warmup_steps,
+                               warmup_lr=p.get("warmup_lr", 0.0), min_lr=p.get("min_lr", 0.0),
                                mixup=OmegaConf.to_container(p.mixup))
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=resume_checkpoint(p, ckpt_dir))

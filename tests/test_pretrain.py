@@ -128,3 +128,33 @@ def test_a_sweep_that_would_pretrain_with_ddp_fails_early_with_the_fix(tmp_path)
     assert proc.returncode != 0
     assert "cannot pre-train inside a -m sweep" in out and "backbone.weights=runs:/" in out
     assert not list(Path(tmp_path).glob("multirun/*/*/fractals"))
+
+
+def test_cosine_schedule_starts_at_warmup_lr_ends_at_min_lr_and_mixup_probability_reaches_timm():
+    """OFDB-4AD's schedule ends: warm-up from 1e-6, cosine down to 1e-5; MixUp/CutMix on 80% of batches."""
+    import types
+    from functools import partial
+
+    from fractal_pretrain.model import FractalClassifier
+
+    def lrs(**kwargs):
+        module = FractalClassifier("resnet18", 4, optimizer=partial(torch.optim.SGD, lr=0.1), schedule="cosine",
+                                   warmup_steps=10, **kwargs)
+        module._trainer = types.SimpleNamespace(estimated_stepping_batches=100)
+        sched = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+        out = []
+        for _ in range(100):
+            out.append(sched.get_last_lr()[0])
+            sched.optimizer.step()
+            sched.step()
+        return out, module
+
+    plain, _ = lrs()
+    assert plain[0] == pytest.approx(0.1 / 10) and plain[9] == pytest.approx(0.1) and plain[-1] < 1e-4
+    ofdb, module = lrs(warmup_lr=1e-6, min_lr=1e-5, mixup={"mixup_alpha": 1.0, "cutmix_alpha": 1.0, "prob": 0.8})
+    assert ofdb[0] == pytest.approx(1e-6 + (0.1 - 1e-6) / 10)
+    import math
+
+    assert ofdb[9] == pytest.approx(0.1) and min(ofdb) >= 1e-5
+    assert ofdb[-1] == pytest.approx(1e-5 + (0.1 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    assert module.mixup.mix_prob == 0.8 and module.mixup.switch_prob == 0.5
