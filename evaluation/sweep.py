@@ -15,6 +15,7 @@ import mlflow
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from console import logs
 from evaluation import report, tracking
 
 SWEEP_RUN_ENV = "FRACTAL_AD_SWEEP_RUN_ID"
@@ -26,6 +27,7 @@ class SweepTracking(Callback):
         self.run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        logs.setup(verbose=bool(config.get("verbose", False)))  # MLflow's INFO lines: the log, not the console
         tracking.setup(config.mlflow.tracking_uri, config.mlflow.experiment)
         sweep_dir = config.hydra.sweep.dir
         run = mlflow.MlflowClient().create_run(
