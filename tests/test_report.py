@@ -223,7 +223,8 @@ def test_main_experiment_is_three_sources_on_one_architecture(backbone, tmp_path
     assert params.backbone.split(",") == ["fractal", "imagenet_offline", "random"]
     assert params["dataset.category"].split(",") == ["weave", "tiles", "washer"]
     assert cfg.detector.name == "patchcore" and cfg.dataset.name == "builtin"
-    assert cfg.backbone.arch == "tf_efficientnet_lite0" and cfg.backbone.normalization == "imagenet"
+    assert cfg.backbone.arch == "tf_efficientnet_lite0"
+    assert cfg.backbone.normalization == {"fractal": "trained", "imagenet_offline": "trained", "random": "imagenet"}[backbone]
     assert cfg.hydra.callbacks.sweep_tracking.report is True
 
 

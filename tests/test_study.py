@@ -48,12 +48,29 @@ def test_study_grid_is_three_backbones_two_detectors_every_category(tmp_path):
     assert cfg.hydra.callbacks.imagenet_weights.export_dir == f"{tmp_path}/weights/tf_efficientnet_lite0_imagenet"
 
 
+# one detect-time normalisation rule: the statistics the weights were trained with (random init: ImageNet's)
+RULE = {"fractal": "trained", "imagenet_offline": "trained", "imagenet": "trained", "random": "imagenet"}
+
+
+@pytest.mark.parametrize("experiment", ["compare_builtin", "study_builtin", "study_mvtec", "study_visa"])
+def test_every_study_experiment_feeds_fractal_backbones_the_same_normalisation(experiment, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF_DIR
+
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        for backbone in ("fractal", "random"):
+            cfg = compose("config", overrides=[f"+experiment={experiment}", f"backbone={backbone}",
+                                               f"paths.outputs_dir={tmp_path}", f"paths.output_dir={tmp_path}/job"])
+            assert cfg.backbone.normalization == RULE[backbone], (experiment, backbone)
+
+
 @pytest.mark.parametrize("backbone", ["fractal", "imagenet_offline", "random"])
 @pytest.mark.parametrize("detector", ["patchcore", "padim"])
 def test_every_job_of_the_grid_uses_efficientnet_lite0(backbone, detector, tmp_path):
     cfg = study_config(tmp_path, f"backbone={backbone}", f"detector={detector}")
     assert cfg.backbone.arch == ARCH
-    assert cfg.backbone.normalization == "imagenet"  # one input pipeline for every source
+    assert cfg.backbone.normalization == RULE[backbone]  # each source gets the statistics it was trained with
     assert resolve_layers(ARCH, cfg.detector.model.layers) == [LITE0_STAGES[x] for x in cfg.detector.model.layers]
     if backbone == "imagenet_offline":
         assert cfg.backbone.weights == f"{tmp_path}/weights/tf_efficientnet_lite0_imagenet"
