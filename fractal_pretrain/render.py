@@ -280,7 +280,7 @@ def _bin(pts, px, hist):
     lo, hi = 1.0, size + 3.0
     c0, c1, c2, r0, r1, r2 = px[0, 0], px[0, 1], px[0, 2] + 2.0, px[1, 0], px[1, 1], px[1, 2] + 2.0
     flat = hist.ravel()
-    W = np.uint64(hist.shape[1])
+    W = np.int64(hist.shape[1])
     for i in range(pts.shape[0]):
         x, y = np.float64(pts[i, 0]), np.float64(pts[i, 1])
         fx = c0 * x + c1 * y + c2
@@ -291,7 +291,9 @@ def _bin(pts, px, hist):
         inside = fx >= lo and fx < hi and fy >= lo and fy < hi
         fx = fx if inside else 0.0
         fy = fy if inside else 0.0
-        flat[np.uint64(fy) * W + np.uint64(fx)] += 1
+        # in range the coordinates are positive: the signed cast (one instruction; the unsigned
+        # one is a branchy sequence) truncates like floor, and the index can be unsigned
+        flat[np.uint64(np.int64(fy) * W + np.int64(fx))] += 1
 
 
 @numba.njit(cache=True)
