@@ -484,6 +484,46 @@ def _patch_mask(bits, patch):
     return mask
 
 
+@numba.njit(cache=True, inline="always")
+def _hue_byte(h, peak, log_peak, binary, log_density, hue0):
+    """The reference's hue byte for a pixel hit h > 0 times: the offset plus 255 x density, mod 256."""
+    if binary:
+        v = 1.0
+    elif log_density:
+        v = np.log1p(h) / log_peak
+    else:
+        v = h / peak
+    return np.int64(v * 255.0 + hue0) & 255
+
+
+@numba.njit(cache=True)
+def _shade(counts, out, lut, hue0, binary, log_density):
+    """The reference's colouring into ``out``: every lit pixel has the render's value V and
+    saturation S (``lut``, one row per hue byte), the hue follows the density; unlit pixels black.
+    The colour depends on the hit count alone, so it is computed once per count (a table indexed
+    by the count: no division and no branch per pixel) unless there are more counts than pixels
+    (a degenerate attractor piling its points onto a few pixels)."""
+    H, W, C = out.shape
+    peak = max(counts.max(), 1)
+    log_peak = np.log1p(peak)
+    n = peak + 1 if peak <= H * W else 1
+    tab = np.zeros((n, C), dtype=np.uint8)  # row 0: black
+    for h in range(1, n):
+        h8 = _hue_byte(h, peak, log_peak, binary, log_density, hue0)
+        for c in range(C):
+            tab[h, c] = lut[h8, c]
+    for i in range(H):
+        for j in range(W):
+            h = counts[i, j]
+            if n > 1:
+                for c in range(C):
+                    out[i, j, c] = tab[np.uint64(h), c]
+            else:
+                h8 = _hue_byte(max(h, 1), peak, log_peak, binary, log_density, hue0)
+                for c in range(C):
+                    out[i, j, c] = lut[h8, c] if h > 0 else 0
+
+
 @numba.njit(cache=True)
 def _render_kernel(A, b, key, size, n_points, binary, log_density, color, patch,
                    flip, blur_p, jitter, background, window_shift, wmin, wmax, out):
@@ -508,31 +548,12 @@ def _render_kernel(A, b, key, size, n_points, binary, log_density, color, patch,
     px = _pixel_transform(cx - 0.5 * ex, cy - 0.5 * ey, sx, sy, size, flip_code)
     hist = np.zeros((size + 4, size + 4), dtype=np.int32)
     _bin(pts[:n_points], px, hist)
-    counts = _stamp(hist, _patch_mask(d[_DRAW_PATCH], patch), size)
-
-    # the reference's colouring: every lit pixel has the render's value V and saturation S; the
-    # hue is the hue offset plus 255 x density, as a byte (mod 256)
-    peak = max(counts.max(), 1)
-    C = out.shape[2]
+    if patch:
+        counts = _stamp(hist, _patch_mask(d[_DRAW_PATCH], patch), size)
+    else:  # a single pixel per point: the counts are the histogram's inside
+        counts = hist[2:size + 2, 2:size + 2]
     hue0, sat8, val8 = _colour_params(d)
-    lut = _colour_bytes(C, sat8, val8)
-    log_peak = np.log1p(peak)
-    for i in range(size):
-        for j in range(size):
-            h = counts[i, j]
-            if h == 0:
-                for c in range(C):
-                    out[i, j, c] = 0
-                continue
-            if binary:
-                v = 1.0
-            elif log_density:
-                v = np.log1p(h) / log_peak
-            else:
-                v = h / peak
-            h8 = np.int64(v * 255.0 + hue0) & 255
-            for c in range(C):
-                out[i, j, c] = lut[h8, c]
+    _shade(counts, out, _colour_bytes(out.shape[2], sat8, val8), hue0, binary, log_density)
     if background:
         _paint_background(out, counts, d)
     if _unit(d[_DRAW_BLUR]) < blur_p:
