@@ -247,7 +247,8 @@ def _walk(A, b, n, state):
     y0 = y1 = y2 = y3 = y
     steps = (n + _WALKERS - 1) // _WALKERS
     pts = np.empty((steps * _WALKERS, 2), dtype=np.float32)
-    xmin, ymin, xmax, ymax = np.inf, np.inf, -np.inf, -np.inf
+    inf = np.float32(np.inf)  # the box in float32, the points' precision: no conversions in the loop
+    xmin, ymin, xmax, ymax = inf, inf, -inf, -inf
     m16 = np.uint64(0xFFFF)
     for s in range(steps):
         state, r = _splitmix64(state)
@@ -261,11 +262,11 @@ def _walk(A, b, n, state):
         i = 4 * s
         pts[i, 0], pts[i, 1], pts[i + 1, 0], pts[i + 1, 1] = a0, b0, a1, b1
         pts[i + 2, 0], pts[i + 2, 1], pts[i + 3, 0], pts[i + 3, 1] = a2, b2, a3, b3
-        xmin = min(xmin, np.float64(min(min(a0, a1), min(a2, a3))))
-        xmax = max(xmax, np.float64(max(max(a0, a1), max(a2, a3))))
-        ymin = min(ymin, np.float64(min(min(b0, b1), min(b2, b3))))
-        ymax = max(ymax, np.float64(max(max(b0, b1), max(b2, b3))))
-    return pts, xmin, ymin, xmax, ymax
+        xmin = min(xmin, min(min(a0, a1), min(a2, a3)))
+        xmax = max(xmax, max(max(a0, a1), max(a2, a3)))
+        ymin = min(ymin, min(min(b0, b1), min(b2, b3)))
+        ymax = max(ymax, max(max(b0, b1), max(b2, b3)))
+    return pts, np.float64(xmin), np.float64(ymin), np.float64(xmax), np.float64(ymax)
 
 
 @numba.njit(cache=True)
