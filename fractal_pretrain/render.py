@@ -510,6 +510,13 @@ def _shade(counts, out, lut, hue0, binary, log_density):
     by the count: no division and no branch per pixel) unless there are more counts than pixels
     (a degenerate attractor piling its points onto a few pixels)."""
     H, W, C = out.shape
+    if C == 1:  # grey: every lit pixel has V, the only value in ``lut``; a select that vectorises
+        v = lut[0, 0]
+        for i in range(H):
+            for j in range(W):
+                out[i, j, 0] = v if counts[i, j] > 0 else 0
+        return
+    # colour: C is 3 from here on
     peak = max(counts.max(), 1)
     log_peak = np.log1p(peak)
     n = peak + 1 if peak <= H * W else 1
@@ -522,11 +529,11 @@ def _shade(counts, out, lut, hue0, binary, log_density):
         for j in range(W):
             h = counts[i, j]
             if n > 1:
-                for c in range(C):
-                    out[i, j, c] = tab[np.uint64(h), c]
+                t = np.uint64(h)
+                out[i, j, 0], out[i, j, 1], out[i, j, 2] = tab[t, 0], tab[t, 1], tab[t, 2]
             else:
                 h8 = _hue_byte(max(h, 1), peak, log_peak, binary, log_density, hue0)
-                for c in range(C):
+                for c in range(3):
                     out[i, j, c] = lut[h8, c] if h > 0 else 0
 
 
