@@ -247,7 +247,8 @@ def _walk(A, b, n, state):
     y0 = y1 = y2 = y3 = y
     steps = (n + _WALKERS - 1) // _WALKERS
     pts = np.empty((steps * _WALKERS, 2), dtype=np.float32)
-    xmin, ymin, xmax, ymax = np.inf, np.inf, -np.inf, -np.inf
+    inf = np.float32(np.inf)  # the box in float32, the points' precision: no conversions in the loop
+    xmin, ymin, xmax, ymax = inf, inf, -inf, -inf
     m16 = np.uint64(0xFFFF)
     for s in range(steps):
         state, r = _splitmix64(state)
@@ -261,11 +262,11 @@ def _walk(A, b, n, state):
         i = 4 * s
         pts[i, 0], pts[i, 1], pts[i + 1, 0], pts[i + 1, 1] = a0, b0, a1, b1
         pts[i + 2, 0], pts[i + 2, 1], pts[i + 3, 0], pts[i + 3, 1] = a2, b2, a3, b3
-        xmin = min(xmin, np.float64(min(min(a0, a1), min(a2, a3))))
-        xmax = max(xmax, np.float64(max(max(a0, a1), max(a2, a3))))
-        ymin = min(ymin, np.float64(min(min(b0, b1), min(b2, b3))))
-        ymax = max(ymax, np.float64(max(max(b0, b1), max(b2, b3))))
-    return pts, xmin, ymin, xmax, ymax
+        xmin = min(xmin, min(min(a0, a1), min(a2, a3)))
+        xmax = max(xmax, max(max(a0, a1), max(a2, a3)))
+        ymin = min(ymin, min(min(b0, b1), min(b2, b3)))
+        ymax = max(ymax, max(max(b0, b1), max(b2, b3)))
+    return pts, np.float64(xmin), np.float64(ymin), np.float64(xmax), np.float64(ymax)
 
 
 @numba.njit(cache=True)
@@ -273,25 +274,32 @@ def _bin(pts, px, hist):
     """Count the points in ``hist``. ``px`` (2x3) maps a point to (column, row) pixel
     coordinates; the dihedral flip is folded into it, so the image comes out flipped at no cost.
     ``hist`` is (size + 4)^2 with a 2-pixel margin, so points up to one pixel outside the window
-    are kept (their 3x3 stamp reaches inside) without per-stamp bounds checks."""
+    are kept (their 3x3 stamp reaches inside) without per-stamp bounds checks. In blocks: the
+    cell indices of a block first (a loop the compiler vectorises), then the scattered counts."""
     size = hist.shape[0] - 4
     # shifted by 2 pixels (the margin): in-range points have positive coordinates, so the cast
     # truncates like floor and the indices are unsigned (no negative-index fix-up)
     lo, hi = 1.0, size + 3.0
     c0, c1, c2, r0, r1, r2 = px[0, 0], px[0, 1], px[0, 2] + 2.0, px[1, 0], px[1, 1], px[1, 2] + 2.0
     flat = hist.ravel()
-    W = np.uint64(hist.shape[1])
-    for i in range(pts.shape[0]):
-        x, y = np.float64(pts[i, 0]), np.float64(pts[i, 1])
-        fx = c0 * x + c1 * y + c2
-        fy = r0 * x + r1 * y + r2
-        # branch-free: a point outside the window (or NaN, from a diverging FractalDB walk, which
-        # fails every comparison) counts in cell 0, a margin cell that is never read; windows
-        # smaller than the attractor drop points at random, and a branch would mispredict
-        inside = fx >= lo and fx < hi and fy >= lo and fy < hi
-        fx = fx if inside else 0.0
-        fy = fy if inside else 0.0
-        flat[np.uint64(fy) * W + np.uint64(fx)] += 1
+    W = np.int32(hist.shape[1])
+    B = 2048
+    cell = np.empty(B, dtype=np.int32)
+    n = pts.shape[0]
+    for s in range(0, n, B):
+        m = min(B, n - s)
+        for k in range(m):
+            x, y = np.float64(pts[s + k, 0]), np.float64(pts[s + k, 1])
+            fx = c0 * x + c1 * y + c2
+            fy = r0 * x + r1 * y + r2
+            # branch-free: a point outside the window (or NaN, from a diverging FractalDB walk,
+            # which fails every comparison) counts in cell 0, a margin cell that is never read
+            inside = (fx >= lo) & (fx < hi) & (fy >= lo) & (fy < hi)
+            fx = fx if inside else 0.0
+            fy = fy if inside else 0.0
+            cell[k] = np.int32(fy) * W + np.int32(fx)
+        for k in range(m):
+            flat[np.uint32(cell[k])] += 1
 
 
 @numba.njit(cache=True)
@@ -482,6 +490,53 @@ def _patch_mask(bits, patch):
     return mask
 
 
+@numba.njit(cache=True, inline="always")
+def _hue_byte(h, peak, log_peak, binary, log_density, hue0):
+    """The reference's hue byte for a pixel hit h > 0 times: the offset plus 255 x density, mod 256."""
+    if binary:
+        v = 1.0
+    elif log_density:
+        v = np.log1p(h) / log_peak
+    else:
+        v = h / peak
+    return np.int64(v * 255.0 + hue0) & 255
+
+
+@numba.njit(cache=True)
+def _shade(counts, out, lut, hue0, binary, log_density):
+    """The reference's colouring into ``out``: every lit pixel has the render's value V and
+    saturation S (``lut``, one row per hue byte), the hue follows the density; unlit pixels black.
+    The colour depends on the hit count alone, so it is computed once per count (a table indexed
+    by the count: no division and no branch per pixel) unless there are more counts than pixels
+    (a degenerate attractor piling its points onto a few pixels)."""
+    H, W, C = out.shape
+    if C == 1:  # grey: every lit pixel has V, the only value in ``lut``; a select that vectorises
+        v = lut[0, 0]
+        for i in range(H):
+            for j in range(W):
+                out[i, j, 0] = v if counts[i, j] > 0 else 0
+        return
+    # colour: C is 3 from here on
+    peak = max(counts.max(), 1)
+    log_peak = np.log1p(peak)
+    n = peak + 1 if peak <= H * W else 1
+    tab = np.zeros((n, C), dtype=np.uint8)  # row 0: black
+    for h in range(1, n):
+        h8 = _hue_byte(h, peak, log_peak, binary, log_density, hue0)
+        for c in range(C):
+            tab[h, c] = lut[h8, c]
+    for i in range(H):
+        for j in range(W):
+            h = counts[i, j]
+            if n > 1:
+                t = np.uint64(h)
+                out[i, j, 0], out[i, j, 1], out[i, j, 2] = tab[t, 0], tab[t, 1], tab[t, 2]
+            else:
+                h8 = _hue_byte(max(h, 1), peak, log_peak, binary, log_density, hue0)
+                for c in range(3):
+                    out[i, j, c] = lut[h8, c] if h > 0 else 0
+
+
 @numba.njit(cache=True)
 def _render_kernel(A, b, key, size, n_points, binary, log_density, color, patch,
                    flip, blur_p, jitter, background, window_shift, wmin, wmax, out):
@@ -506,31 +561,12 @@ def _render_kernel(A, b, key, size, n_points, binary, log_density, color, patch,
     px = _pixel_transform(cx - 0.5 * ex, cy - 0.5 * ey, sx, sy, size, flip_code)
     hist = np.zeros((size + 4, size + 4), dtype=np.int32)
     _bin(pts[:n_points], px, hist)
-    counts = _stamp(hist, _patch_mask(d[_DRAW_PATCH], patch), size)
-
-    # the reference's colouring: every lit pixel has the render's value V and saturation S; the
-    # hue is the hue offset plus 255 x density, as a byte (mod 256)
-    peak = max(counts.max(), 1)
-    C = out.shape[2]
+    if patch:
+        counts = _stamp(hist, _patch_mask(d[_DRAW_PATCH], patch), size)
+    else:  # a single pixel per point: the counts are the histogram's inside
+        counts = hist[2:size + 2, 2:size + 2]
     hue0, sat8, val8 = _colour_params(d)
-    lut = _colour_bytes(C, sat8, val8)
-    log_peak = np.log1p(peak)
-    for i in range(size):
-        for j in range(size):
-            h = counts[i, j]
-            if h == 0:
-                for c in range(C):
-                    out[i, j, c] = 0
-                continue
-            if binary:
-                v = 1.0
-            elif log_density:
-                v = np.log1p(h) / log_peak
-            else:
-                v = h / peak
-            h8 = np.int64(v * 255.0 + hue0) & 255
-            for c in range(C):
-                out[i, j, c] = lut[h8, c]
+    _shade(counts, out, _colour_bytes(out.shape[2], sat8, val8), hue0, binary, log_density)
     if background:
         _paint_background(out, counts, d)
     if _unit(d[_DRAW_BLUR]) < blur_p:
