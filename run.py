@@ -69,14 +69,19 @@ BOOKKEEPING = {"reuse", "resume", "log_export", "checkpoint_every_n_steps", "num
                "val_renders_per_system", "allow_download", "offline_import"}
 
 
+def makes_fractal_weights(cfg: DictConfig) -> bool:
+    """Does this call generate fractals and pre-train, or take its weights from elsewhere? Fractal
+    backbones without ``backbone.weights`` are made here; imagenet/random backbones go straight to detect."""
+    return cfg.backbone.source == "fractal" and not cfg.backbone.weights
+
+
 def pretrain_hash(cfg: DictConfig) -> str:
     """The recipe of the backbone's weights, which (with detector and dataset) defines a report arm:
     the backbone settings (source, arch, weights, normalisation), plus the fractal and pretrain
     settings when this call trains the weights. Seeds vary within an arm, so they are left out."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    trains = cfg.backbone.source == "fractal" and not cfg.backbone.weights
-    picked = {g: {k: v for k, v in resolved[g].items() if k not in BOOKKEEPING}
-              for g in (("backbone", "fractal", "pretrain") if trains else ("backbone",))}
+    groups = ("backbone", "fractal", "pretrain") if makes_fractal_weights(cfg) else ("backbone",)
+    picked = {g: {k: v for k, v in resolved[g].items() if k not in BOOKKEEPING} for g in groups}
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -162,7 +167,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
                           parent_run_id=sweep_run_id, tags={**tags, "stage": "pipeline"}):
         mlflow.log_text(resolved, "config.yaml")
         # fractal weights are made here unless an export was given; other backbones skip to detect
-        if cfg.backbone.source == "fractal" and not cfg.backbone.weights:
+        if makes_fractal_weights(cfg):
             reuse = is_multirun() if cfg.pretrain.reuse == "auto" else cfg.pretrain.reuse
             make = shared_fractal_backbone if reuse else train_fractal_backbone
             export_dir, pretrain_run_id = make(cfg, out_dir, tags)
@@ -212,7 +217,7 @@ def check_launch(cfg: DictConfig) -> None:
     """Hydra -m and Lightning's ddp do not mix: ddp re-executes sys.argv, -m included, so every
     rank would start the whole sweep again. Fail before anything starts."""
     strategy = str(cfg.trainer.get("strategy", "auto"))
-    trains = cfg.backbone.source == "fractal" and not cfg.backbone.weights and "pretrain" in cfg.stages
+    trains = makes_fractal_weights(cfg) and "pretrain" in cfg.stages
     if is_multirun() and trains and strategy.startswith("ddp") and "spawn" not in strategy:
         raise ConfigError(
             f"trainer.strategy={strategy} cannot pre-train inside a -m sweep (DDP re-executes the "
@@ -254,8 +259,7 @@ def main(cfg: DictConfig) -> float | None:
             join_pretraining(cfg)
             return None
         select_gpu_for_job()
-        trains = cfg.backbone.source == "fractal" and not cfg.backbone.weights
-        stages = [s for s in cfg.stages if trains or s == "detect"]
+        stages = [s for s in cfg.stages if makes_fractal_weights(cfg) or s == "detect"]
         log.info(f"fractal-ad: stages {', '.join(stages)}; backbone {cfg.backbone.source} {cfg.backbone.arch}, "
                  f"detector {cfg.detector.name}, dataset {cfg.dataset.name}:{cfg.dataset.category}, seed {cfg.seed}")
         metrics = run_pipeline(cfg)
