@@ -15,6 +15,10 @@ statistics and the arm is marked in ``status``, never averaged over fewer catego
 ``paired``: for each detector, dataset and architecture, every two arms of different backbone
 sources, matched on (category, seed): mean difference, a 95% paired-bootstrap interval of it and
 the two-sided Wilcoxon signed-rank p (scipy), per metric.
+
+``selection``: where one backbone source has several recipes (a sweep over pre-training settings),
+its arms ranked by the validation image AUROC (training normals + synthetic anomalies, never the
+test set) and the best one marked: the recipe to carry forward is picked there, not on test AUROC.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from evaluation.metrics import HEADLINE  # noqa: E402
+from evaluation.metrics import HEADLINE, VALIDATION  # noqa: E402
 
 # order matters: backbone, detector, dataset first (the table reads as "fractal | patchcore | builtin")
 ARM = ["backbone", "detector", "dataset", "arch", "pretrain_hash"]
@@ -49,14 +53,14 @@ def collect(tracking_uri: str, experiment: str, filter_string: str = "") -> pd.D
     mlflow.set_tracking_uri(tracking_uri)
     query = " and ".join(f for f in ("tags.stage = 'detect'", filter_string) if f)
     runs = mlflow.search_runs(experiment_names=[experiment], filter_string=query)
-    columns = ["run_id", "status", *ARM, "category", "seed", *HEADLINE]
+    columns = ["run_id", "status", *ARM, "category", "seed", *HEADLINE, *VALIDATION]
     if runs.empty:
         return pd.DataFrame(columns=columns)
     runs = runs[runs["status"] != "RUNNING"]  # still in flight: neither a result nor a failure
     rows = pd.DataFrame({"run_id": runs["run_id"], "status": runs["status"]})
     for tag in (*ARM, "category", "seed"):
         rows[tag] = runs[f"tags.{tag}"].fillna(UNKNOWN) if f"tags.{tag}" in runs else UNKNOWN
-    for metric in HEADLINE:
+    for metric in (*HEADLINE, *VALIDATION):
         rows[metric] = runs[f"metrics.{metric}"] if f"metrics.{metric}" in runs else np.nan
     return rows[columns].sort_values([*ARM, "category", "seed"]).reset_index(drop=True)
 
@@ -104,7 +108,7 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
         record.update(seeds=len(complete), categories=len(wanted),
                       status="ok" if not problems else "; ".join(problems))
         done = done[done["seed"].isin(complete)]
-        for metric in HEADLINE:
+        for metric in (*HEADLINE, *(m for m in VALIDATION if m in runs)):
             # skipna=False: a category without the metric makes the seed's mean missing, not smaller
             per_seed = done.groupby("seed")[metric].apply(lambda v: v.mean(skipna=False)).reindex(complete)
             per_cat = done.groupby("category")[metric].mean().reindex(wanted) if complete else pd.Series(dtype=float)
@@ -117,6 +121,21 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
         record.update({f"image_AUROC:{c}": per_category.get(c, np.nan) for c in wanted})
         records.append(record)
     return pd.DataFrame.from_records(records)
+
+
+def selection(table: pd.DataFrame, metric: str = "val_image_AUROC") -> pd.DataFrame:
+    """Per backbone source, detector, dataset and architecture with more than one recipe: the arms
+    ranked by ``metric`` (a validation quantity; mean over seeds of the category mean), the first
+    one ``picked``. Test metrics ride along for the record; they choose nothing."""
+    if f"{metric}_mean" not in table:
+        return pd.DataFrame()
+    key = ["backbone", "detector", "dataset", "arch"]
+    several = table.groupby(key)["pretrain_hash"].transform("nunique") > 1
+    ranked = table[several & table[f"{metric}_mean"].notna()].sort_values(
+        [*key, f"{metric}_mean"], ascending=[True] * len(key) + [False])
+    ranked = ranked.assign(picked=~ranked.duplicated(key))
+    return ranked[[*key, "pretrain_hash", "seeds", "picked", f"{metric}_mean", f"{metric}_ci_low",
+                   f"{metric}_ci_high", *(f"{m}_mean" for m in HEADLINE)]].reset_index(drop=True)
 
 
 def paired(rows: pd.DataFrame, metrics: tuple[str, ...] = HEADLINE) -> pd.DataFrame:
@@ -187,8 +206,9 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
 
 
 def markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> str:
-    """The summary (mean [95% CI over seeds] per metric, per-category image AUROC, status) and the
-    paired comparisons, as Markdown with a legend."""
+    """The summary (mean [95% CI over seeds] per metric, per-category image AUROC, status), the
+    recipe selection on validation (when a source has several recipes) and the paired comparisons,
+    as Markdown with a legend."""
     categories = [c for c in table.columns if c.startswith("image_AUROC:")]
     header = ["backbone", "detector", "dataset", "arch", "pretrain", "seeds", "categories",
               *(f"{m} mean [95% CI]" for m in HEADLINE), *categories, "status"]
@@ -205,6 +225,19 @@ def markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> st
               "status lists failed and missing category/seed runs; seeds with one are left out of the "
               "statistics, never averaged over fewer categories. summary.csv also has the std and 95% CI "
               "over categories (`_cat_` columns)."]
+    picks = selection(table)
+    if not picks.empty:
+        lines += ["", "Recipe selection: where one backbone source ran several pre-training recipes, its "
+                  "arms ranked by val_image_AUROC (training normals + synthetic anomalies; the test set "
+                  "chooses nothing), mean over seeds [95% CI]; the first of each group is the pick. Test "
+                  "image AUROC for the record.", ""]
+        lines += _table(["backbone", "detector", "dataset", "arch", "pretrain", "seeds", "val_image_AUROC",
+                         "picked", "image_AUROC (test)"],
+                        [[r.backbone, r.detector, r.dataset, r.arch, r.pretrain_hash, str(r.seeds),
+                          " ".join(x for x in (_num(r.val_image_AUROC_mean),
+                                               _interval(r.val_image_AUROC_ci_low, r.val_image_AUROC_ci_high))
+                                   if x != "-"),
+                          "yes" if r.picked else "", _num(r.image_AUROC_mean)] for r in picks.itertuples()])
     if comparisons is not None and not comparisons.empty:
         lines += ["", "Paired comparison (matched category x seed runs of the same detector, dataset "
                   "and architecture): mean difference a - b, 95% paired-bootstrap CI, two-sided "
@@ -300,6 +333,10 @@ def write_report(rows: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     rows.to_csv(paths["runs"], index=False)
     table.to_csv(paths["summary"], index=False)
     comparisons.to_csv(paths["paired"], index=False)
+    picks = selection(table)
+    if not picks.empty:
+        paths["selection"] = out_dir / "selection.csv"
+        picks.to_csv(paths["selection"], index=False)
     paths["markdown"].write_text(markdown(table, comparisons) + "\n")
     paths["bars"] = bar_plot(table, out_dir / "comparison.png")
     paths["heat_map"] = heat_map(rows, out_dir / "per_category.png")

@@ -19,7 +19,7 @@ from scipy import stats
 
 from conftest import TINY, runs_of
 from evaluation import report
-from evaluation.metrics import HEADLINE
+from evaluation.metrics import HEADLINE, VALIDATION
 from run import ROOT
 
 CATEGORIES = ["tiles", "washer", "weave"]
@@ -27,8 +27,9 @@ CATEGORIES = ["tiles", "washer", "weave"]
 
 def arm_rows(backbone: str, values: dict[tuple[str, int], float], arch: str = "efficientnet_lite0",
              recipe: str = "h0", detector: str = "patchcore", status: dict | None = None,
-             pixel: bool = True) -> pd.DataFrame:
-    """Rows of one arm: ``values[(category, seed)]`` is the image AUROC; pixel metrics derived from it."""
+             pixel: bool = True, val: dict[tuple[str, int], float] | None = None) -> pd.DataFrame:
+    """Rows of one arm: ``values[(category, seed)]`` is the image AUROC; pixel metrics derived from
+    it; ``val`` the validation image AUROC (absent: not logged)."""
     rows = []
     for (category, seed), v in values.items():
         row = {"run_id": f"{backbone}-{arch}-{recipe}-{category}-{seed}", "backbone": backbone,
@@ -37,8 +38,11 @@ def arm_rows(backbone: str, values: dict[tuple[str, int], float], arch: str = "e
                "status": (status or {}).get((category, seed), "FINISHED")}
         if pixel:
             row.update(pixel_AUROC=v - 0.1, pixel_AUPRO=v - 0.2)
+        if val is not None:
+            row.update(val_image_AUROC=val[(category, seed)])
         rows.append(row)
-    return pd.DataFrame(rows).reindex(columns=["run_id", "status", *report.ARM, "category", "seed", *HEADLINE])
+    return pd.DataFrame(rows).reindex(columns=["run_id", "status", *report.ARM, "category", "seed", *HEADLINE,
+                                               *VALIDATION])
 
 
 def grid(rng: np.random.Generator, seeds=(0, 1, 2), categories=CATEGORIES, offset=0.0):
@@ -114,6 +118,23 @@ def test_different_architectures_and_recipes_are_never_pooled():
     assert (image["pairs"] == 9).all()
     assert image.set_index("pretrain_hash_a").loc["bbb", "mean_diff"] == pytest.approx(
         np.mean([fractal_b[k] - random_lite[k] for k in fractal_b]))
+
+
+def test_recipe_selection_ranks_on_validation_never_on_test(tmp_path):
+    """Three fractal recipes: the one with the best validation AUROC is picked although another has
+    the best test AUROC; single-recipe sources (random) are not ranked."""
+    rng = np.random.default_rng(7)
+    test = {"aaa": grid(rng, offset=0.2), "bbb": grid(rng), "ccc": grid(rng, offset=-0.1)}
+    val = {"aaa": grid(rng, offset=-0.2), "bbb": grid(rng, offset=0.2), "ccc": grid(rng)}
+    rows = pd.concat([*(arm_rows("fractal", test[h], recipe=h, val=val[h]) for h in test),
+                      arm_rows("random", grid(rng), recipe="rnd", val=grid(rng))])
+    picks = report.selection(report.summarise(rows))
+    assert list(picks["pretrain_hash"]) == sorted(val, key=lambda h: -np.mean(list(val[h].values())))
+    assert list(picks["picked"]) == [True, False, False] and picks.loc[0, "pretrain_hash"] == "bbb"
+    assert picks.loc[0, "val_image_AUROC_mean"] == pytest.approx(np.mean(list(val["bbb"].values())))
+    paths = report.write_report(rows, tmp_path)
+    assert pd.read_csv(paths["selection"])["pretrain_hash"].tolist() == list(picks["pretrain_hash"])
+    assert "Recipe selection" in paths["markdown"].read_text()
 
 
 def test_missing_and_failed_categories_are_flagged_not_averaged_over():
