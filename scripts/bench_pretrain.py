@@ -40,10 +40,10 @@ def main() -> None:
     from torch.utils.data import DataLoader
 
     import run  # noqa: F401  (registers the config resolvers)
-    from fractal_pretrain.data import TRAIN, EpochSampler, make_dataset
-    from fractal_pretrain.ifs import sample_bank
-    from fractal_pretrain.model import FractalClassifier
-    from fractal_pretrain.pretrain import random_crop
+    from fractals.ifs import sample_bank
+    from pretraining.data import random_crop
+    from pretraining.data import TRAIN, EpochSampler, make_dataset
+    from pretraining.model import FractalClassifier
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"backbone.arch={args.arch}", "paths.output_dir=/tmp", *args.overrides])

@@ -9,7 +9,7 @@ paired.csv (fractal vs random, fractal vs ImageNet, ImageNet vs random: mean dif
 bootstrap CI, Wilcoxon p), summary.md (both tables), comparison.png (grouped bars, 95% CI) and
 per_category.png (heat map), and prints the tables. A multirun writes the same report into its
 folder at the end. An arm is backbone x arch x pre-training recipe x detector x dataset; failed
-and missing category runs are listed, never averaged away (see evaluation/report.py).
+and missing category runs are listed, never averaged away (see pipeline/report.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evaluation import report  # noqa: E402
+from pipeline import report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from detectors.imagenet_offline import default_export_dir, import_imagenet_weights  # noqa: E402
+from detection.imagenet_offline import default_export_dir, import_imagenet_weights  # noqa: E402
 
 # Photos shipped inside installed packages (no download) and the ImageNet-1k classes that are right
 # for them. `chelsea` is a tabby: ImageNet's domestic-cat classes (281 tabby .. 285 Egyptian cat)
@@ -98,8 +98,8 @@ def main() -> int:
     print(f"export: {export}")
     top1, log_p = report("check tf_efficientnet_lite0, mean=std=0.5", classify(export))
     if args.compare:
-        from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD
-        from detectors.imagenet_offline import imagenet_model
+        from detection.backbone import IMAGENET_MEAN, IMAGENET_STD
+        from detection.imagenet_offline import imagenet_model
 
         report("compare efficientnet_lite0, ImageNet mean/std",
                classify(imagenet_model(arch="efficientnet_lite0"), IMAGENET_MEAN, IMAGENET_STD))

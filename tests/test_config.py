@@ -49,7 +49,7 @@ def test_tracking_uri_is_an_absolute_sqlite_path(tmp_path):
 def test_study_grids_sweep_three_backbones_over_every_category(name, categories, tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from evaluation.datasets import DATASETS
+    from anomaly_data.datasets import DATASETS
 
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=[f"+experiment={name}", "backbone=random", f"paths.output_dir={tmp_path}"],

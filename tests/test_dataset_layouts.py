@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from conftest import compose_config
-from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
-from detectors.detect import detect
-from evaluation.datasets import DatasetError, validate_layout
+from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from pipeline.detect import detect
+from anomaly_data.datasets import DatasetError, validate_layout
 
 SIZE = 64
 N_TRAIN, N_TEST_GOOD = 10, 3

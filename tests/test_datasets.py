@@ -1,4 +1,4 @@
-"""Built-in procedural dataset (evaluation.builtin) and layout validation (evaluation.datasets).
+"""Built-in procedural dataset (anomaly_data.builtin) and layout validation (anomaly_data.datasets).
 
 CPU only, no network, a few seconds: every test generates small datasets under pytest's tmp_path.
 """
@@ -17,8 +17,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `evaluation` without installing
 
-from evaluation.builtin import CATEGORIES, DEFECTS, make_builtin_dataset  # noqa: E402
-from evaluation.datasets import DATASETS, DatasetError, validate_layout  # noqa: E402
+from anomaly_data.builtin import CATEGORIES, DEFECTS, make_builtin_dataset  # noqa: E402
+from anomaly_data.datasets import DATASETS, DatasetError, validate_layout  # noqa: E402
 
 SMALL = dict(image_size=64, n_train=3, n_test_good=2, n_test_defect=2)
 
@@ -40,7 +40,7 @@ def small(tmp_path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# evaluation.builtin
+# anomaly_data.builtin
 # ---------------------------------------------------------------------------------------------
 
 
@@ -95,7 +95,7 @@ def test_masks_are_exact_and_binary(dataset):
 
 def test_mask_marks_exactly_the_altered_pixels(tmp_path):
     """Regenerating the normal image a defect image started from shows the mask is pixel-exact."""
-    from evaluation import builtin
+    from anomaly_data import builtin
 
     root = make_builtin_dataset(tmp_path / "ds", seed=5, **SMALL)
     for c, category in enumerate(CATEGORIES):
@@ -112,7 +112,7 @@ def test_subtle_defects_stay_subtle_and_exact(tmp_path):
     """The subtle types alter what their docstrings say: ``misplaced`` only rearranges pixels of the
     same image, ``faint_scratch`` moves them by 10-18 grey levels, ``tint`` shifts colour at (nearly)
     constant brightness; every mask equals the altered pixels."""
-    from evaluation import builtin
+    from anomaly_data import builtin
 
     root = make_builtin_dataset(tmp_path / "ds", seed=4, **SMALL)
     for c, category in enumerate(CATEGORIES):
@@ -134,7 +134,7 @@ def test_subtle_defects_stay_subtle_and_exact(tmp_path):
 
 
 def test_a_build_of_an_older_format_is_regenerated(tmp_path):
-    from evaluation import builtin
+    from anomaly_data import builtin
 
     root = make_builtin_dataset(tmp_path / "ds", seed=1, **SMALL)
     params = json.loads((root / "builtin.json").read_text())
@@ -199,7 +199,7 @@ def test_anomalib_mvtecad_loads_builtin(dataset):
 
 
 # ---------------------------------------------------------------------------------------------
-# evaluation.datasets
+# anomaly_data.datasets
 # ---------------------------------------------------------------------------------------------
 
 

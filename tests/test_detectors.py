@@ -19,9 +19,9 @@ import timm
 import torch
 
 from conftest import CONF_DIR, compose_config
-from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
-from detectors.detect import detect
-from detectors.layers import resolve_layers
+from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from pipeline.detect import detect
+from detection.layers import resolve_layers
 
 DETECTORS = sorted(p.stem for p in Path(CONF_DIR, "detector").glob("*.yaml"))
 TRAINED = {"cflow", "fastflow", "reverse_distillation", "stfpm", "cfa"}
@@ -129,7 +129,7 @@ def test_fractal_weights_reach_the_detector(detector, tmp_path, fractal_export):
     from anomalib.pre_processing import PreProcessor
     from torchvision.transforms.v2 import Resize
 
-    from detectors.models import build_detector
+    from pipeline.detect import build_from_config as build_detector
 
     cfg = config(tmp_path, tmp_path, detector)
     target = timm.create_model(f"local-dir:{fractal_export}", pretrained=True).state_dict()["layer1.0.conv1.weight"]
@@ -152,7 +152,7 @@ def test_layer_names_follow_the_backbone_family():
 
 
 def test_padim_n_features_follow_the_backbone():
-    from detectors.models import padim_n_features
+    from detection.models import padim_n_features
 
     assert padim_n_features("resnet18", ["layer1", "layer2", "layer3"]) == 100
     assert padim_n_features("wide_resnet50_2", ["layer1", "layer2", "layer3"]) == 550
@@ -162,7 +162,7 @@ def test_padim_n_features_follow_the_backbone():
 def test_unsupported_detector_is_named_with_the_reason(tmp_path, fractal_export):
     from omegaconf import OmegaConf
 
-    from detectors.models import build_detector
+    from pipeline.detect import build_from_config as build_detector
 
     with pytest.raises(ValueError, match="EfficientAd cannot take a swappable backbone: own PDN teacher"):
         build_detector(OmegaConf.create({"_target_": "anomalib.models.EfficientAd"}), backbone_of("random", fractal_export))
@@ -172,7 +172,7 @@ def test_reverse_distillation_outside_resnet_family_is_named(tmp_path, fractal_e
     from anomalib.pre_processing import PreProcessor
     from torchvision.transforms.v2 import Resize
 
-    from detectors.models import build_detector
+    from pipeline.detect import build_from_config as build_detector
 
     cfg = config(tmp_path, tmp_path, "reverse_distillation")
     effnet = Backbone("random", "efficientnet_lite0", "efficientnet_lite0", False, IMAGENET_MEAN, IMAGENET_STD, "r")
@@ -189,7 +189,7 @@ def test_validation_split_comes_from_training_normals_only(tmp_path, data):
     import hydra
 
     from anomalib.data.utils.synthetic import SyntheticAnomalyDataset
-    from evaluation.builtin import make_builtin_dataset
+    from anomaly_data.builtin import make_builtin_dataset
 
     cfg = config(tmp_path, data, "patchcore")
     make_builtin_dataset(cfg.dataset.root, **cfg.dataset.builtin)
@@ -263,7 +263,7 @@ def test_threshold_free_metrics_are_computed_on_raw_maps():
     from anomalib.post_processing import PostProcessor
     from sklearn.metrics import roc_auc_score
 
-    from evaluation.metrics import RawScorePostProcessor, study_evaluator
+    from detection.metrics import RawScorePostProcessor, study_evaluator
 
     rng = np.random.default_rng(0)
     masks = np.zeros((6, 16, 16), np.int64)
@@ -311,7 +311,7 @@ def test_threshold_free_metrics_are_computed_on_raw_maps():
 
 
 def test_roc_curve_matches_known_values():
-    from evaluation.plots import roc_curve
+    from detection.plots import roc_curve
 
     fpr, tpr, auc = roc_curve(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
     assert auc == pytest.approx(0.75)
@@ -332,8 +332,8 @@ import json, resource, sys
 sys.path[:0] = [{root!r}, {root!r} + "/tests"]
 from conftest import compose_config
 from pathlib import Path
-from detectors.backbone import resolve_backbone
-from detectors.detect import detect
+from pipeline.detect import resolve_backbone
+from pipeline.detect import detect
 out = Path({out!r})
 cfg = compose_config(out, "backbone=random", "backbone.arch={arch}", "detector=patchcore", "dataset.image_size=128",
                      data_dir=out / "data")
@@ -372,7 +372,7 @@ def test_images_and_masks_stay_aligned_through_resize_and_crop(crop):
     from omegaconf import OmegaConf
     from torchvision import tv_tensors
 
-    from detectors.detect import input_transform
+    from detection.detect import input_transform
 
     image = torch.zeros(1, 3, 100, 100)
     mask = torch.zeros(1, 100, 100, dtype=torch.bool)
@@ -380,7 +380,7 @@ def test_images_and_masks_stay_aligned_through_resize_and_crop(crop):
     mask[..., 20:45, 55:90] = True
     d = OmegaConf.create({"image_size": 64, "crop": crop})
     batch = ImageBatch(image=image, gt_mask=tv_tensors.Mask(mask), gt_label=torch.tensor([1]))
-    PreProcessor(transform=input_transform(d, (0.5,) * 3, (0.25,) * 3)).on_test_batch_start(None, None, batch, 0)
+    PreProcessor(transform=input_transform(d.image_size, d.crop, (0.5,) * 3, (0.25,) * 3)).on_test_batch_start(None, None, batch, 0)
     side = crop or 64
     assert batch.image.shape[-2:] == (side, side) and batch.gt_mask.shape[-2:] == (side, side)
     bright = (batch.image[0, 0] * 0.25 + 0.5) > 0.5  # undo the normalisation
@@ -396,10 +396,10 @@ def test_images_and_masks_stay_aligned_through_resize_and_crop(crop):
 def test_crop_larger_than_the_resize_is_refused():
     from omegaconf import OmegaConf
 
-    from detectors.detect import input_transform
+    from detection.detect import input_transform
 
     with pytest.raises(ValueError, match="dataset.crop=300 must lie between 32 and dataset.image_size=256"):
-        input_transform(OmegaConf.create({"image_size": 256, "crop": 300}), (0.5,) * 3, (0.5,) * 3)
+        input_transform(256, 300, (0.5,) * 3, (0.5,) * 3)
 
 
 def test_study_experiments_crop_as_the_study_and_builtin_runs_do_not(tmp_path):

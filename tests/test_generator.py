@@ -25,15 +25,15 @@ from torch.utils.data import DataLoader
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fractal_pretrain import render as R  # noqa: E402
-from fractal_pretrain.data import (PREVIEW, TRAIN, VAL, EpochSampler, FractalImages,  # noqa: E402
+from fractals import render as R  # noqa: E402
+from pretraining.data import (PREVIEW, TRAIN, VAL, EpochSampler, FractalImages,  # noqa: E402
                                    MultiFormulaImages, OneImagePerClass, make_dataset, preview_grid)
-from fractal_pretrain.families import MultiFormulaConfig, multi_formula_layout  # noqa: E402
-from fractal_pretrain.generate import generate, load_bank  # noqa: E402
-from fractal_pretrain.ifs import (FORMAT_VERSION, SystemBank, fill_ratio,  # noqa: E402
+from fractals.families import MultiFormulaConfig, multi_formula_layout  # noqa: E402
+from pipeline.generate import generate, load_bank  # noqa: E402
+from fractals.ifs import (FORMAT_VERSION, SystemBank, fill_ratio,  # noqa: E402
                                   map_probabilities, sample_bank, sample_singular_values, sigma_factor,
                                   spectral_norm2)
-from fractal_pretrain.render import RenderConfig, derive_key, render, render_key  # noqa: E402
+from fractals.render import RenderConfig, derive_key, render, render_key  # noqa: E402
 
 SMALL = RenderConfig(size=32, n_points=4000, patch=True, blur_p=0.5)
 GREY = RenderConfig(size=48, n_points=20_000, color=False, flip=False, blur_p=0.0)
@@ -320,8 +320,8 @@ def test_render_config_validates():
 def test_numba_cache_is_reused_by_a_new_process(bank, tmp_path):
     """DataLoader workers and later processes load the compiled kernel instead of compiling."""
     render_key(*bank.system(0), 1, SMALL)  # make sure this process wrote the cache
-    code = ("import numpy as np; from fractal_pretrain import render as R; "
-            "from fractal_pretrain.ifs import sample_bank; b = sample_bank(6, 3, seed=11); "
+    code = ("import numpy as np; from fractals import render as R; "
+            "from fractals.ifs import sample_bank; b = sample_bank(6, 3, seed=11); "
             "img = R.render_key(*b.system(0), 1, R.RenderConfig(size=32, n_points=4000, patch=True, blur_p=0.5)); "
             "import hashlib, json; print(json.dumps({'misses': sum(R._render_kernel.stats.cache_misses.values()), "
             "'hits': sum(R._render_kernel.stats.cache_hits.values()), 'dir': R.CACHE_DIR, "
@@ -438,8 +438,8 @@ def test_renders_match_a_separate_process(bank):
     """'Two runs': hashes from a fresh interpreter equal this process's, for every family."""
     code = """
 import hashlib, json
-from fractal_pretrain.data import make_dataset
-from fractal_pretrain.ifs import sample_bank
+from pretraining.data import make_dataset
+from fractals.ifs import sample_bank
 out = {}
 for family, b in [("fractals", sample_bank(6, 3, seed=11)), ("multi_formula", sample_bank(6, 3, seed=11)),
                   ("ofdb", sample_bank(6, 1, seed=11, meta={"family": "ofdb"}))]:

@@ -12,10 +12,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fractal_pretrain.data import GpuBatchRenderer, RenderKeys, make_dataset  # noqa: E402
-from fractal_pretrain.ifs import sample_bank  # noqa: E402
-from fractal_pretrain.render import RenderConfig, render_key  # noqa: E402
-from fractal_pretrain.render_torch import hash32, render_batch  # noqa: E402
+from pretraining.data import GpuBatchRenderer, RenderKeys, make_dataset  # noqa: E402
+from fractals.ifs import sample_bank  # noqa: E402
+from fractals.render import RenderConfig, render_key  # noqa: E402
+from fractals.render_torch import hash32, render_batch  # noqa: E402
 
 
 def lowbias32(x: int) -> int:

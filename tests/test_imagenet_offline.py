@@ -12,8 +12,10 @@ import timm
 import torch
 
 from conftest import compose_config
-from detectors import imagenet_offline as offline
-from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD, resolve_backbone
+from detection import imagenet_offline as offline
+from detection.backbone import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.detect import resolve_backbone
+from pipeline.launch import ImportImagenetWeights
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -122,7 +124,7 @@ def test_ensure_converts_once_and_the_backbone_option_resolves_to_it(tmp_path):
 
 
 def test_hydra_callback_converts_before_jobs_start(tmp_path):
-    callback = offline.ImportImagenetWeights(str(tmp_path / "w"))
+    callback = ImportImagenetWeights(str(tmp_path / "w"))
     callback.on_multirun_start(config=None)
     assert offline.is_complete(tmp_path / "w")
 
@@ -130,7 +132,7 @@ def test_hydra_callback_converts_before_jobs_start(tmp_path):
 def test_offline_import_is_refused_for_another_architecture(tmp_path):
     cfg = compose_config(tmp_path, "backbone=imagenet_offline", "backbone.arch=resnet18")
     with pytest.raises(offline.OfflineWeightsError, match="tf_efficientnet_lite0 only"):
-        offline.ensure_for_backbone(cfg.backbone)
+        resolve_backbone(cfg.backbone, None, tmp_path)
 
 
 def test_script_writes_the_export_and_checks_it(tmp_path):
@@ -144,7 +146,7 @@ def test_script_writes_the_export_and_checks_it(tmp_path):
 def test_detect_run_logs_the_weights_origin_and_input_scaling(tiny_config):
     """A real (tiny) PatchCore job on the offline ImageNet arm: MLflow knows which weights it used."""
     from conftest import runs_of
-    from run import run_pipeline
+    from pipeline.job import run_pipeline
 
     cfg = tiny_config("backbone=imagenet_offline", "detector=patchcore", "detector.log_images=0")
     run_pipeline(cfg)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import mlflow
 
 from conftest import runs_of
-from evaluation import tracking
-from run import run_pipeline
+from pipeline import tracking
+from pipeline.job import run_pipeline
 
 
 def test_experiment_opens_on_the_runs_table_and_runs_are_named_by_what_they_compare(tiny_config, tmp_path):

@@ -11,7 +11,7 @@ import timm
 import torch
 
 from conftest import runs_of
-from run import run_pipeline
+from pipeline.job import run_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_export_loads_in_timm_and_anomalib_with_identical_weights(two_runs):
 
 
 def test_different_seed_gives_different_fractals(tiny_config, tmp_path):
-    from fractal_pretrain.generate import generate
+    from pipeline.generate import generate
 
     previews = [generate(tiny_config(f"seed={s}"), tmp_path / str(s)).preview_path.read_bytes() for s in (0, 1)]
     assert previews[0] != previews[1]
@@ -107,7 +107,7 @@ def test_pretrain_checkpoint_reloads_under_weights_only_and_carries_the_rng_stat
     into the checkpoint. The RNG states ride along so a resume continues the same random streams."""
     import random
 
-    from fractal_pretrain.pretrain import RngState
+    from pretraining.callbacks import RngState
 
     cfgs, _, _ = two_runs
     ckpt = torch.load(Path(cfgs[0].paths.output_dir) / "pretrain/checkpoints/last.ckpt", map_location="cpu")
@@ -127,7 +127,7 @@ def test_a_job_gives_the_same_result_alone_and_after_another_job(tmp_path, data_
     """Random-init PaDiM (its init and its random channel subset both draw from the RNG) run alone in
     a fresh state, then again as the second job of an in-process sequence: identical scores."""
     from conftest import compose_config
-    from detectors.layers import feature_layers
+    from detection.layers import feature_layers
 
     def job(name: str, *overrides: str):
         cfg = compose_config(tmp_path, f"paths.output_dir={tmp_path}/{name}", "stages=[detect]", *overrides,

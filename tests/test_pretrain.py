@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from conftest import TINY, runs_of
-from fractal_pretrain.generate import generate
-from fractal_pretrain.pretrain import check_pretrain_config, pretrain, random_crop
+from pipeline.generate import generate
+from pipeline.pretrain import check_pretrain_config, pretrain
+from pretraining.data import random_crop
 from run import ROOT
 
 
@@ -137,7 +138,7 @@ def test_cosine_schedule_starts_at_warmup_lr_ends_at_min_lr_and_mixup_probabilit
     import types
     from functools import partial
 
-    from fractal_pretrain.model import FractalClassifier
+    from pretraining.model import FractalClassifier
 
     def lrs(**kwargs):
         module = FractalClassifier("resnet18", 4, optimizer=partial(torch.optim.SGD, lr=0.1), schedule="cosine",

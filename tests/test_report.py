@@ -18,8 +18,8 @@ import pytest
 from scipy import stats
 
 from conftest import TINY, runs_of
-from evaluation import report
-from evaluation.metrics import HEADLINE, VALIDATION
+from pipeline import report
+from detection.metrics import HEADLINE, VALIDATION
 from run import ROOT
 
 CATEGORIES = ["tiles", "washer", "weave"]
@@ -183,7 +183,7 @@ def test_missing_metric_columns_are_dashes_never_zero(tmp_path):
 
 def test_pretrain_hash_names_the_recipe_not_the_seed_or_the_bookkeeping(tmp_path):
     from conftest import compose_config
-    from run import pretrain_hash
+    from pipeline.config import pretrain_hash
 
     def h(*overrides):
         return pretrain_hash(compose_config(tmp_path, *overrides))

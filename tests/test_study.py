@@ -20,10 +20,11 @@ import timm
 from hydra import compose, initialize_config_dir
 
 from conftest import CONF_DIR, TINY, compose_config
-from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone, resolve_backbone
-from detectors.detect import detect
-from detectors.layers import feature_layers, resolve_layers
-from run import run_pipeline
+from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from pipeline.detect import resolve_backbone
+from pipeline.detect import detect
+from detection.layers import feature_layers, resolve_layers
+from pipeline.job import run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCH = "tf_efficientnet_lite0"  # the offline ImageNet weights' architecture, shared by every arm

@@ -8,8 +8,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import CONF_DIR, compose_config
-from detectors.backbone import IMAGENET_MEAN, BackboneError, resolve_backbone
-from detectors.layers import resolve_layers
+from detection.backbone import IMAGENET_MEAN, BackboneError
+from pipeline.detect import resolve_backbone
+from detection.layers import resolve_layers
 
 
 def study(tmp_path, experiment: str, backbone: str):
@@ -53,7 +54,7 @@ def test_a_tagged_name_builds_offline_in_anomalibs_extractor_with_the_resolved_l
 def test_fractal_pretraining_under_a_tagged_arch_exports_the_bare_architecture(tmp_path):
     """The study's shared arch string carries the ImageNet tag; pre-training builds it from scratch and
     the export, which records the bare name, resolves under the tagged string."""
-    from run import run_pipeline
+    from pipeline.job import run_pipeline
 
     run_pipeline(compose_config(tmp_path, "backbone.arch=resnet18.tv_in1k", "stages=[generate,pretrain]"))
     export = tmp_path / "job/pretrain/backbone"

@@ -17,14 +17,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from lightning.pytorch.accelerators import CUDAAccelerator
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from console.errors import ConfigError
-from fractal_pretrain.families import FAMILIES, MultiFormulaConfig, ofdb_image, render_multi_formula
-from fractal_pretrain.ifs import SystemBank
-from fractal_pretrain.render import RenderConfig, derive_key, render_key
+from fractals.families import FAMILIES, MultiFormulaConfig, ofdb_image, render_multi_formula
+from fractals.ifs import SystemBank
+from fractals.render import RenderConfig, derive_key, render_key
 
 TRAIN, VAL, PREVIEW = 0, 1, 2  # independent random streams over the same systems
 
@@ -188,7 +190,7 @@ class GpuBatchRenderer:
         self.images, self.walkers = images, walkers
 
     def __call__(self, batch, device) -> tuple[torch.Tensor, torch.Tensor]:
-        from fractal_pretrain.render_torch import render_batch
+        from fractals.render_torch import render_batch
 
         systems, keys, labels = batch
         bank = self.images.bank
@@ -265,3 +267,60 @@ def preview_grid(bank: SystemBank, render_cfg: RenderConfig, seed: int, per_clas
             tiles.append(np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img)
         rows.append(np.concatenate(tiles, axis=1))
     return np.concatenate(rows, axis=0)
+
+
+def random_crop(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """An independent random ``size`` x ``size`` crop of every image of a batch (on its device)."""
+    n, _, h, w = x.shape
+    if size >= min(h, w):
+        return x
+    top = torch.randint(0, h - size + 1, (n,), generator=generator).tolist()
+    left = torch.randint(0, w - size + 1, (n,), generator=generator).tolist()
+    return torch.stack([x[i, :, t:t + size, l:l + size] for i, (t, l) in enumerate(zip(top, left))])
+
+
+def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
+class FractalDataModule(L.LightningDataModule):
+    """Training and held-out validation renders (``make_dataset`` streams TRAIN and VAL of one IFS
+    bank), sharded by the trainer's rank.
+
+    Batch-level input shaping happens on the device after transfer, drawing from the seeded
+    main-process generator (so it does not depend on the number of loader workers): rendering whole
+    batches on the GPU with ``fractal.renderer=torch``, and the random crop (the study renders
+    512 px and crops 224; validation is centre-cropped to the same size).
+    """
+
+    def __init__(self, train_set: Dataset, val_set: Dataset, seed: int, per_device_batch: int,
+                 num_workers: int = 0, crop_size: int | None = None):
+        super().__init__()
+        self.train_set, self.val_set = train_set, val_set
+        self.seed, self.batch_size, self.workers = seed, per_device_batch, num_workers
+        self.crop_size = crop_size
+        self.gpu_render = {id(d): GpuBatchRenderer(d.images) for d in (self.train_set, self.val_set)
+                           if isinstance(d, RenderKeys)}
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.gpu_render:
+            dataset = self.train_set if self.trainer.training else self.val_set
+            batch = self.gpu_render[id(dataset)](batch, self.trainer.strategy.root_device)
+        x, y = batch
+        if self.crop_size:
+            x = random_crop(x, self.crop_size) if self.trainer.training else centre_crop(x, self.crop_size)
+        return x, y
+
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        sampler = EpochSampler(len(dataset), self.seed, shuffle=shuffle,
+                               rank=self.trainer.global_rank, world=self.trainer.world_size)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=shuffle,
+                          num_workers=self.workers, persistent_workers=self.workers > 0,
+                          pin_memory=isinstance(self.trainer.accelerator, CUDAAccelerator))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)

@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from evaluation.metrics import HEADLINE, VALIDATION  # noqa: E402
+from detection.metrics import HEADLINE, VALIDATION  # noqa: E402
 
 # order matters: backbone, detector, dataset first (the table reads as "fractal | patchcore | builtin")
 ARM = ["backbone", "detector", "dataset", "arch", "pretrain_hash"]

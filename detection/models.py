@@ -2,7 +2,7 @@
 
 A detector config names an anomalib model (``_target_: anomalib.models.Fastflow``) with the study's
 settings. ``build_detector`` maps our ``Backbone`` onto it: the timm name (``local-dir:<export>`` for
-our own weights), ``pre_trained``, layer names resolved for the backbone family (detectors.layers),
+our own weights), ``pre_trained``, layer names resolved for the backbone family (detection.layers),
 and what a model cannot infer for an arbitrary backbone (PaDiM's ``n_features``).
 
 Most anomalib models take any timm CNN through ``TimmFeatureExtractor`` and are built as they are.
@@ -25,14 +25,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from console.errors import ConfigError
-from detectors.backbone import Backbone
-from detectors.layers import layer_channels, layer_indices, resolve_layers
+from detection.backbone import Backbone
+from detection.layers import layer_channels, layer_indices, resolve_layers
 
 # Why each anomalib image model outside this pipeline cannot take our backbone.
 UNSUPPORTED = {
@@ -53,14 +51,12 @@ PADIM_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}
 PADIM_FRACTION = 0.3
 
 
-def build_detector(model_cfg: DictConfig, backbone: Backbone, **components: Any) -> nn.Module:
-    """Instantiate ``model_cfg`` (an anomalib model config) on ``backbone``.
+def build_detector(cls: type, kwargs: dict[str, Any], backbone: Backbone, **components: Any) -> nn.Module:
+    """The anomalib model class ``cls`` with its settings ``kwargs``, on ``backbone``.
 
     ``components`` are anomalib's auxiliary parts (pre_processor, evaluator, ...), passed through.
     """
-    cls = hydra.utils.get_class(model_cfg._target_)
-    kwargs = OmegaConf.to_container(model_cfg, resolve=True)
-    kwargs.pop("_target_")
+    kwargs = dict(kwargs)
     if cls.__name__ in UNSUPPORTED:
         raise ConfigError(f"{cls.__name__} cannot take a swappable backbone: {UNSUPPORTED[cls.__name__]}.")
     if "layers" in kwargs:
@@ -88,12 +84,12 @@ def padim_n_features(arch: str, layers: list[str]) -> int:
 
 
 def _fastflow():
+    import timm
     from anomalib.models import Fastflow as AnomalibFastflow
     from anomalib.models.components import AnomalibModule
     from anomalib.models.image.fastflow.anomaly_map import AnomalyMapGenerator
     from anomalib.models.image.fastflow.loss import FastflowLoss
     from anomalib.models.image.fastflow.torch_model import FastflowModel, create_fast_flow_block
-    import timm
 
     class TimmFastflowModel(FastflowModel):
         """FastflowModel's CNN branch, for any timm backbone and the configured stages."""
@@ -243,7 +239,7 @@ def _cfa():
 
 
 def _reductions(arch: str, layers) -> list[int]:
-    from detectors.layers import feature_layers
+    from detection.layers import feature_layers
 
     by_name = {f.name: f.reduction for f in feature_layers(arch)}
     return [by_name[layer] for layer in layers]

@@ -12,7 +12,6 @@ learning rate that goes with it) is the same on 1 GPU or 8. The sampler shards b
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,109 +20,24 @@ import hydra
 import lightning as L
 import mlflow
 import numpy as np
-import torch
-from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from console.errors import ConfigError
 from console.logs import log
 from console.progress import StepProgress
-from fractal_pretrain.data import TRAIN, VAL, EpochSampler, GpuBatchRenderer, RenderKeys, make_dataset
-from fractal_pretrain.export import write_export
-from fractal_pretrain.generate import load_bank
-from fractal_pretrain.ifs import SystemBank
-from fractal_pretrain.model import FractalClassifier
+from detection.export import write_export
+from pipeline.generate import load_bank
+from pretraining.callbacks import RngState
+from pretraining.data import TRAIN, VAL, FractalDataModule, make_dataset
+from pretraining.model import FractalClassifier
 
 
 @dataclass
 class PretrainRecord:
     export_dir: Path
     metrics: dict[str, float]
-
-
-def random_crop(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """An independent random ``size`` x ``size`` crop of every image of a batch (on its device)."""
-    n, _, h, w = x.shape
-    if size >= min(h, w):
-        return x
-    top = torch.randint(0, h - size + 1, (n,), generator=generator).tolist()
-    left = torch.randint(0, w - size + 1, (n,), generator=generator).tolist()
-    return torch.stack([x[i, :, t:t + size, l:l + size] for i, (t, l) in enumerate(zip(top, left))])
-
-
-def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-    return x[..., top:top + size, left:left + size]
-
-
-class FractalDataModule(L.LightningDataModule):
-    """Training and held-out validation renders of one IFS bank, sharded by the trainer's rank.
-
-    Batch-level input shaping happens on the device after transfer, drawing from the seeded
-    main-process generator (so it does not depend on the number of loader workers): rendering whole
-    batches on the GPU with ``fractal.renderer=torch``, and the random crop (the study renders
-    512 px and crops 224; validation is centre-cropped to the same size).
-    """
-
-    def __init__(self, fractal: DictConfig, bank: SystemBank, seed: int, p: DictConfig, per_device_batch: int):
-        super().__init__()
-        mean, std = [float(v) for v in p.mean], [float(v) for v in p.std]
-        self.train_set = make_dataset(fractal, bank, seed, p.renders_per_system, TRAIN, mean, std)
-        self.val_set = make_dataset(fractal, bank, seed, p.val_renders_per_system, VAL, mean, std)
-        self.seed, self.batch_size, self.workers = seed, per_device_batch, p.num_workers
-        self.crop_size = p.crop_size
-        self.gpu_render = {id(d): GpuBatchRenderer(d.images) for d in (self.train_set, self.val_set)
-                           if isinstance(d, RenderKeys)}
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if self.gpu_render:
-            dataset = self.train_set if self.trainer.training else self.val_set
-            batch = self.gpu_render[id(dataset)](batch, self.trainer.strategy.root_device)
-        x, y = batch
-        if self.crop_size:
-            x = random_crop(x, self.crop_size) if self.trainer.training else centre_crop(x, self.crop_size)
-        return x, y
-
-    def _loader(self, dataset, shuffle: bool) -> DataLoader:
-        sampler = EpochSampler(len(dataset), self.seed, shuffle=shuffle,
-                               rank=self.trainer.global_rank, world=self.trainer.world_size)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=shuffle,
-                          num_workers=self.workers, persistent_workers=self.workers > 0,
-                          pin_memory=isinstance(self.trainer.accelerator, CUDAAccelerator))
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-
-class RngState(L.Callback):
-    """Puts the global RNG states (torch, numpy, python; CUDA too) into every checkpoint and restores
-    them on resume. Lightning checkpoints carry none: a resumed run would restart the global streams
-    from the seed, so the random crops (and MixUp/CutMix draws) after the resume point would differ
-    from an uninterrupted run. Stored as tensors and plain lists, so the checkpoint still loads with
-    ``torch.load``'s ``weights_only`` default."""
-
-    def state_dict(self) -> dict:
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        version, py_state, py_gauss = random.getstate()
-        return {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-                "python": [version, list(py_state), py_gauss]}
-
-    def load_state_dict(self, state: dict) -> None:
-        torch.set_rng_state(state["torch"])
-        if state["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
-        kind, keys, pos, has_gauss, gauss = state["numpy"]
-        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-        version, py_state, py_gauss = state["python"]
-        random.setstate((version, tuple(py_state), py_gauss))
 
 
 class MlflowMetrics(L.Callback):
@@ -211,7 +125,9 @@ def pretrain(cfg: DictConfig, bank_path: str | Path, out_dir: str | Path) -> Pre
     out_dir = Path(out_dir)
     bank = load_bank(bank_path)
     mean, std = [float(v) for v in p.mean], [float(v) for v in p.std]
-    data = FractalDataModule(cfg.fractal, bank, cfg.seed, p, per_device)
+    data = FractalDataModule(make_dataset(cfg.fractal, bank, cfg.seed, p.renders_per_system, TRAIN, mean, std),
+                             make_dataset(cfg.fractal, bank, cfg.seed, p.val_renders_per_system, VAL, mean, std),
+                             cfg.seed, per_device, p.num_workers, p.crop_size)
     if len(data.train_set) < p.batch_size:
         raise ConfigError(f"pretrain.batch_size={p.batch_size} exceeds the {len(data.train_set)} training "
                           f"images per epoch; lower it or raise pretrain.renders_per_system.")

@@ -15,7 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from console.logs import stage_header
 
-
 # Marks the experiment as model training, not GenAI. MLflow 3.x's UI reads this tag to choose the
 # experiment's view; 3.17.2's UI-wide "GenAI | Model training" switch (default GenAI: an empty
 # "Traces" overview) takes precedence, so the link run.py prints also carries

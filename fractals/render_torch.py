@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fractal_pretrain import render as R
-from fractal_pretrain.render import RenderConfig
+from fractals import render as R
+from fractals.render import RenderConfig
 
 _M32 = 0xFFFFFFFF
 

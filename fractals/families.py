@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fractal_pretrain.ifs import SystemBank
-from fractal_pretrain.render import RenderConfig, derive_key, maybe_blur, render_background, render_key, resize_paste
+from fractals.ifs import SystemBank
+from fractals.render import RenderConfig, derive_key, maybe_blur, render_background, render_key, resize_paste
 
 FAMILIES = ("fractals", "multi_formula", "ofdb")
 

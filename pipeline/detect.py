@@ -1,0 +1,111 @@
+"""Detect stage: the ``backbone``, ``detector`` and ``dataset`` groups -> an anomalib detector on the
+frozen backbone, fitted and tested on one category (detection.detect) -> metrics and files in MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import lightning as L
+import mlflow
+from omegaconf import DictConfig, OmegaConf
+
+from anomaly_data.builtin import make_builtin_dataset
+from anomaly_data.datasets import validate_folder, validate_layout, validate_real_iad
+from console.logs import log
+from detection.backbone import Backbone, BackboneError
+from detection.backbone import resolve_backbone as resolve
+from detection.detect import DetectRecord, Selection, fit_and_test, input_transform, leakage_guard
+from detection.metrics import RawScorePostProcessor, study_evaluator
+from detection.models import build_detector
+from detection.plots import NormalisedVisualizer
+
+
+def fetch_mlflow_export(run_id: str, dst: Path) -> Path:
+    """Download the ``backbone`` artifact folder of a pretrain run."""
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="backbone",
+                                                        dst_path=str(dst)))
+    except Exception as err:  # mlflow raises several types for a missing run or artifact
+        raise BackboneError(f"could not fetch the backbone of MLflow run {run_id}: {err}. Check the run "
+                            f"id in the MLflow UI, and that its pretrain stage logged the export "
+                            f"(pretrain.log_export=true).") from err
+
+
+def resolve_backbone(b: DictConfig, fractal_export: Path | None, work_dir: Path) -> Backbone:
+    """The ``backbone`` group -> what the detector needs. ``fractal_export`` is the export of this
+    call's pretrain stage, if it ran; ``backbone.weights=runs:/<id>`` fetches a pretrain run's export."""
+    weights = b.get("weights")
+    if weights and str(weights).startswith("runs:/"):
+        weights = fetch_mlflow_export(str(weights).removeprefix("runs:/").split("/")[0], work_dir / "upstream")
+    if b.source == "fractal" and not weights:
+        weights = fractal_export
+    return resolve(b.source, b.arch, b.normalization, weights, allow_download=bool(b.get("allow_download")),
+                   offline_import=bool(b.get("offline_import")))
+
+
+def build_from_config(model_cfg: DictConfig, backbone: Backbone, **components):
+    """The ``detector.model`` group (``_target_``: an anomalib model class) on ``backbone``."""
+    kwargs = OmegaConf.to_container(model_cfg, resolve=True)
+    return build_detector(hydra.utils.get_class(kwargs.pop("_target_")), kwargs, backbone, **components)
+
+
+def validate_dataset(d: DictConfig) -> Path:
+    """Validate the dataset a ``dataset`` config group describes; return its category (or root) folder."""
+    if d.name == "folder":
+        folder = validate_folder(d.root, d.normal_dir, d.abnormal_dir, d.get("normal_test_dir"), d.get("mask_dir"))
+        if not dataset_has_masks(d):
+            log.warning("dataset %r has no masks (dataset.mask_dir is not set): image-level metrics only, "
+                        "pixel_AUROC and pixel_AUPRO are left out", d.category)
+        return folder
+    if d.name == "real_iad":
+        return validate_real_iad(d.root, d.category, d.datamodule.resolution, d.datamodule.json_path)
+    return validate_layout(d.name, d.root, d.category)
+
+
+def dataset_has_masks(d: DictConfig) -> bool:
+    """Whether the test split has ground-truth masks, i.e. pixel metrics are defined.
+
+    Only ``folder`` datasets may come without masks (no ``mask_dir``); every benchmark ships them.
+    """
+    return d.name != "folder" or bool(d.get("mask_dir"))
+
+
+def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path) -> DetectRecord:
+    """Build, fit and test the configured detector on ``backbone``; log metrics and files to the
+    active MLflow run (if any)."""
+    from anomalib.pre_processing import PreProcessor
+
+    d = cfg.dataset
+    pre_processor = PreProcessor(transform=input_transform(d.image_size, d.get("crop"), backbone.mean, backbone.std))
+    if d.name == "builtin":
+        make_builtin_dataset(d.root, **d.builtin)
+    validate_dataset(d)
+    leakage_guard(d.datamodule.get("val_split_mode", "same_as_test"))
+
+    # Seeded right before the first random draw of the stage (random init, PaDiM's channel subset, the
+    # students/flows/decoders), so nothing that ran before in this process (another sweep job, the
+    # offline ImageNet conversion, timm probing) changes them; the same stream then drives the
+    # synthetic validation anomalies and the coreset.
+    L.seed_everything(cfg.seed, workers=True)
+    # threshold-free metrics on raw scores; the F1 threshold and the drawn maps' scale come from validation
+    model = build_from_config(cfg.detector.model, backbone, pre_processor=pre_processor,
+                              post_processor=RawScorePostProcessor(), visualizer=NormalisedVisualizer(),
+                              evaluator=study_evaluator(cfg.detector.aupro_fpr_limit, pixel=dataset_has_masks(d)))
+    datamodule = hydra.utils.instantiate(d.datamodule, seed=cfg.seed)
+    sel = cfg.detector.get("selection")
+    record = fit_and_test(
+        model, datamodule, out_dir, dataset_root=d.root,
+        labels={"dataset": d.name, "category": d.category, "backbone": backbone.source, "detector": cfg.detector.name},
+        selection=Selection(sel.monitor, sel.mode, sel.get("patience")) if sel else None,
+        max_epochs=cfg.detector.get("max_epochs", 1), accelerator=cfg.trainer.accelerator,
+        normals_for_fitting=cfg.detector.get("fit_on_all_normals", False),
+        log_images=cfg.detector.log_images, verbose=cfg.get("verbose", False))
+    if mlflow.active_run():
+        mlflow.log_metrics(record.metrics)
+        for path in (record.metrics_csv, record.predictions_csv, record.roc_png):
+            if path:
+                mlflow.log_artifact(str(path))
+        for path in record.images:
+            mlflow.log_artifact(str(path), f"anomaly_maps/{path.parent.name}")
+    return record

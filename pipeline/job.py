@@ -1,0 +1,91 @@
+"""One pipeline call: the configured stages under one parent MLflow run, in order."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import mlflow
+from omegaconf import DictConfig, OmegaConf
+
+from console.errors import ConfigError
+from console.logs import log
+from detection.metrics import HEADLINE, format_table
+from pipeline import tracking
+from pipeline.backbones import shared_fractal_backbone
+from pipeline.config import check_job, config_hash, is_multirun, makes_fractal_weights, pretrain_hash
+from pipeline.detect import detect, resolve_backbone
+from pipeline.generate import generate
+from pipeline.pretrain import pretrain
+from pipeline.sweep import SWEEP_RUN_ENV
+
+
+def train_fractal_backbone(cfg: DictConfig, out_dir: Path, tags: dict) -> tuple[Path | None, str | None]:
+    """The generate and pretrain stages; returns the export folder and the pretrain run id."""
+    bank_path = export_dir = run_id = None
+    if "generate" in cfg.stages:
+        L.seed_everything(cfg.seed, workers=True)
+        with tracking.stage_run("generate", cfg, groups=("fractal",), tags=tags):
+            bank_path = generate(cfg, out_dir / "fractals").bank_path
+    if "pretrain" in cfg.stages:
+        if bank_path is None:
+            raise ConfigError("the pretrain stage needs the generate stage in the same call: "
+                              "stages=[generate,pretrain,...]")
+        L.seed_everything(cfg.seed, workers=True)
+        with tracking.stage_run("pretrain", cfg, groups=("fractal", "pretrain", "backbone", "trainer"),
+                                tags=tags, system_metrics=cfg.mlflow.system_metrics) as run:
+            export_dir = pretrain(cfg, bank_path, out_dir / "pretrain").export_dir
+            run_id = run.info.run_id
+    return export_dir, run_id
+
+
+def run_pipeline(cfg: DictConfig) -> dict[str, float]:
+    """Run the configured stages under one parent MLflow run; return the detect metrics."""
+    check_job(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    (out_dir / "config.yaml").write_text(resolved)
+    tracking.setup(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)
+    sweep_run_id = os.environ.get(SWEEP_RUN_ENV)
+    tags = {"backbone": cfg.backbone.source, "arch": cfg.backbone.arch, "detector": cfg.detector.name,
+            "dataset": cfg.dataset.name, "category": cfg.dataset.category, "seed": str(cfg.seed),
+            "config_hash": config_hash(cfg), "pretrain_hash": pretrain_hash(cfg),
+            **({"sweep_run_id": sweep_run_id} if sweep_run_id else {})}
+
+    export_dir = pretrain_run_id = None
+    metrics: dict[str, float] = {}
+    with mlflow.start_run(run_name=tracking.run_name(cfg),
+                          parent_run_id=sweep_run_id, tags={**tags, "stage": "pipeline"}):
+        mlflow.log_text(resolved, "config.yaml")
+        # fractal weights are made here unless an export was given; other backbones skip to detect
+        if makes_fractal_weights(cfg):
+            reuse = is_multirun() if cfg.pretrain.reuse == "auto" else cfg.pretrain.reuse
+            train = lambda: train_fractal_backbone(cfg, out_dir, tags)  # noqa: E731
+            export_dir, pretrain_run_id = shared_fractal_backbone(cfg, train) if reuse else train()
+        if "detect" in cfg.stages:
+            # re-seed so detection draws (random init, coreset) do not depend on earlier stages
+            L.seed_everything(cfg.seed, workers=True)
+            upstream = {"pretrain_run_id": pretrain_run_id} if pretrain_run_id else {}
+            with tracking.stage_run("detect", cfg, groups=("backbone", "detector", "dataset", "trainer"),
+                                    tags={**tags, **upstream}):
+                backbone = resolve_backbone(cfg.backbone, export_dir, out_dir)
+                mlflow.set_tags({"weights": backbone.weights, "normalization": cfg.backbone.normalization})
+                mlflow.log_params({"input_mean": str(backbone.mean), "input_std": str(backbone.std),
+                                   "weights_origin": backbone.weights})  # e.g. timm hub timm/<arch>.<tag>
+                metrics = detect(cfg, backbone, out_dir / "detect").metrics
+            mlflow.log_metrics({k: metrics[k] for k in HEADLINE if k in metrics})
+            log.info("\n" + format_table([{**tags, **metrics}]) + "\n")
+    return metrics
+
+
+def where_it_went(cfg: DictConfig, log_file: str | None) -> None:
+    """The last lines of a run: its folder, its MLflow run and how to look at it."""
+    run = mlflow.last_active_run()  # the pipeline's parent run: the last one to end
+    uri = cfg.mlflow.tracking_uri
+    log.info(f"run folder  {cfg.paths.output_dir}" + (f"  (log: {Path(log_file).name})" if log_file else ""))
+    if run is not None:
+        log.info(f"MLflow run  {run.info.run_id} in experiment '{cfg.mlflow.experiment}' ({uri})")
+        log.info(f"browse it   mlflow ui --backend-store-uri {uri}   then open "
+                 f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}?workflowType=machine_learning")

@@ -1,0 +1,84 @@
+"""Before the jobs: what kind of process this is (DDP rank, sweep job), launch checks, GPU pinning,
+and the Hydra callback that converts the offline ImageNet weights once, before any job starts."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from console.errors import ConfigError
+from detection.imagenet_offline import ensure_imagenet_export
+from pipeline.config import is_multirun, makes_fractal_weights
+from pipeline.pretrain import pretrain
+
+
+def is_secondary_rank() -> bool:
+    """True in DDP processes other than global rank 0 (Lightning's re-executed children, torchrun,
+    SLURM tasks): they run this script too, but only to join the training."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]) > 0
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(os.environ.get("SLURM_PROCID", "0")) > 0
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+
+
+def join_pretraining(cfg: DictConfig, timeout_s: float = 900.0) -> None:
+    """A secondary rank: wait for rank 0's fractal bank, then train alongside it. Rank 0 alone
+    samples fractals, talks to MLflow, exports and runs detection."""
+    out_dir = Path(cfg.paths.output_dir)
+    bank = out_dir / "fractals" / "systems.npz"
+    deadline = time.monotonic() + timeout_s
+    while not bank.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank 0 wrote no fractal bank at {bank} within {timeout_s:.0f} s")
+        time.sleep(1.0)
+    # ranks started by torchrun/SLURM are not seeded by Lightning (only its own launcher passes
+    # PL_GLOBAL_SEED on); seed as rank 0 does right before its pretrain stage
+    L.seed_everything(cfg.seed, workers=True)
+    pretrain(cfg, bank, out_dir / "pretrain")
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Hydra -m and Lightning's ddp do not mix: ddp re-executes sys.argv, -m included, so every
+    rank would start the whole sweep again. Fail before anything starts."""
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    trains = makes_fractal_weights(cfg) and "pretrain" in cfg.stages
+    if is_multirun() and trains and strategy.startswith("ddp") and "spawn" not in strategy:
+        raise ConfigError(
+            f"trainer.strategy={strategy} cannot pre-train inside a -m sweep (DDP re-executes the "
+            f"command line, -m included). Pre-train as a single run: python run.py trainer=ddp "
+            f"stages=[generate,pretrain], then sweep the detectors with backbone.weights=runs:/<pretrain "
+            f"run id>; or use trainer.strategy=ddp_spawn.")
+
+
+def select_gpu_for_job() -> None:
+    """On a multi-GPU box, spread sweep jobs one per GPU (before anything touches CUDA)."""
+    if not is_multirun() or "CUDA_VISIBLE_DEVICES" in os.environ:
+        return
+    import torch
+
+    count = torch.cuda.device_count()
+    if count > 1:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(HydraConfig.get().job.num % count)
+
+
+class ImportImagenetWeights(Callback):
+    """``hydra.callbacks``: make sure the offline ImageNet export exists before jobs start.
+
+    Runs once in the launching process (single run or sweep), so parallel jobs find it complete.
+    """
+
+    def __init__(self, export_dir: str):
+        self.export_dir = export_dir
+
+    def on_run_start(self, config, **kwargs) -> None:
+        ensure_imagenet_export(self.export_dir)
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        ensure_imagenet_export(self.export_dir)
