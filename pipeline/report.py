@@ -192,6 +192,15 @@ def _interval(low, high) -> str:
     return f"[{_num(low)}, {_num(high)}]" if np.isfinite(low) else "-"
 
 
+def _cell(mean, low, high) -> str:
+    """``mean [low, high]``, the parts that exist, or '-'."""
+    return " ".join(x for x in (_num(mean), _interval(low, high)) if x != "-") or "-"
+
+
+def _section(legend: str, header: list[str], body: list[list[str]]) -> list[str]:
+    return ["", legend, "", *_table(header, body)]
+
+
 def _category_cell(value, category: str, status: str) -> str:
     """The value, starred when some seed of this category failed or is missing; else why it is absent."""
     troubled = f" {category} (seed" in f" {status}"
@@ -214,8 +223,7 @@ def markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> st
               *(f"{m} mean [95% CI]" for m in HEADLINE), *categories, "status"]
     body = []
     for _, r in table.iterrows():
-        metric_cells = [" ".join(x for x in (_num(r[f"{m}_mean"]), _interval(r[f"{m}_ci_low"], r[f"{m}_ci_high"]))
-                                 if x != "-") or "-" for m in HEADLINE]
+        metric_cells = [_cell(r[f"{m}_mean"], r[f"{m}_ci_low"], r[f"{m}_ci_high"]) for m in HEADLINE]
         body.append([str(r[k]) for k in ARM] + [str(r["seeds"]), str(r["categories"]), *metric_cells,
                     *(_category_cell(r[c], c.split(":", 1)[1], r["status"]) for c in categories), str(r["status"])])
     lines = _table(header, body)
@@ -227,28 +235,24 @@ def markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> st
               "over categories (`_cat_` columns)."]
     picks = selection(table)
     if not picks.empty:
-        lines += ["", "Recipe selection: where one backbone source ran several pre-training recipes, its "
-                  "arms ranked by val_image_AUROC (training normals + synthetic anomalies; the test set "
-                  "chooses nothing), mean over seeds [95% CI]; the first of each group is the pick. Test "
-                  "image AUROC for the record.", ""]
-        lines += _table(["backbone", "detector", "dataset", "arch", "pretrain", "seeds", "val_image_AUROC",
-                         "picked", "image_AUROC (test)"],
-                        [[r.backbone, r.detector, r.dataset, r.arch, r.pretrain_hash, str(r.seeds),
-                          " ".join(x for x in (_num(r.val_image_AUROC_mean),
-                                               _interval(r.val_image_AUROC_ci_low, r.val_image_AUROC_ci_high))
-                                   if x != "-"),
-                          "yes" if r.picked else "", _num(r.image_AUROC_mean)] for r in picks.itertuples()])
+        lines += _section(
+            "Recipe selection: where one backbone source ran several pre-training recipes, its arms ranked "
+            "by val_image_AUROC (training normals + synthetic anomalies; the test set chooses nothing), mean "
+            "over seeds [95% CI]; the first of each group is the pick. Test image AUROC for the record.",
+            ["backbone", "detector", "dataset", "arch", "pretrain", "seeds", "val_image_AUROC", "picked",
+             "image_AUROC (test)"],
+            [[r.backbone, r.detector, r.dataset, r.arch, r.pretrain_hash, str(r.seeds),
+              _cell(r.val_image_AUROC_mean, r.val_image_AUROC_ci_low, r.val_image_AUROC_ci_high),
+              "yes" if r.picked else "", _num(r.image_AUROC_mean)] for r in picks.itertuples()])
     if comparisons is not None and not comparisons.empty:
-        lines += ["", "Paired comparison (matched category x seed runs of the same detector, dataset "
-                  "and architecture): mean difference a - b, 95% paired-bootstrap CI, two-sided "
-                  "Wilcoxon signed-rank p (exact; with n pairs p cannot go below 2/2^n, 0.25 for 3). With under "
-                  "about 10 pairs the percentile bootstrap interval is too narrow: read it with the p "
-                  "and n, and add seeds (seed=0,1,2) for a real interval.", ""]
-        lines += _table(["detector", "dataset", "arch", "a - b", "metric", "n pairs", "mean diff",
-                         "95% CI", "Wilcoxon p"],
-                        [[r.detector, r.dataset, r.arch, r.comparison, r.metric, str(r.pairs),
-                          f"{r.mean_diff:+.3f}", _interval(r.ci_low, r.ci_high), _num(r.wilcoxon_p)]
-                         for r in comparisons.itertuples()])
+        lines += _section(
+            "Paired comparison (matched category x seed runs of the same detector, dataset and architecture): "
+            "mean difference a - b, 95% paired-bootstrap CI, two-sided Wilcoxon signed-rank p (exact; with n "
+            "pairs p cannot go below 2/2^n, 0.25 for 3). With under about 10 pairs the percentile bootstrap "
+            "interval is too narrow: read it with the p and n, and add seeds (seed=0,1,2) for a real interval.",
+            ["detector", "dataset", "arch", "a - b", "metric", "n pairs", "mean diff", "95% CI", "Wilcoxon p"],
+            [[r.detector, r.dataset, r.arch, r.comparison, r.metric, str(r.pairs), f"{r.mean_diff:+.3f}",
+              _interval(r.ci_low, r.ci_high), _num(r.wilcoxon_p)] for r in comparisons.itertuples()])
     return "\n".join(lines)
 
 
