@@ -274,8 +274,10 @@ def _bin(pts, px, hist):
     """Count the points in ``hist``. ``px`` (2x3) maps a point to (column, row) pixel
     coordinates; the dihedral flip is folded into it, so the image comes out flipped at no cost.
     ``hist`` is (size + 4)^2 with a 2-pixel margin, so points up to one pixel outside the window
-    are kept (their 3x3 stamp reaches inside) without per-stamp bounds checks. In blocks: the
-    cell indices of a block first (a loop the compiler vectorises), then the scattered counts."""
+    are kept (their 3x3 stamp reaches inside) without per-stamp bounds checks. One loop, each
+    count right after its cell is known: faster than a vectorised pass of cell indices through a
+    buffer followed by the scattered counts (the buffer's stores and loads cost more than the
+    pass saves)."""
     size = hist.shape[0] - 4
     # shifted by 2 pixels (the margin): in-range points have positive coordinates, so the cast
     # truncates like floor and the indices are unsigned (no negative-index fix-up)
@@ -283,23 +285,16 @@ def _bin(pts, px, hist):
     c0, c1, c2, r0, r1, r2 = px[0, 0], px[0, 1], px[0, 2] + 2.0, px[1, 0], px[1, 1], px[1, 2] + 2.0
     flat = hist.ravel()
     W = np.int32(hist.shape[1])
-    B = 2048
-    cell = np.empty(B, dtype=np.int32)
-    n = pts.shape[0]
-    for s in range(0, n, B):
-        m = min(B, n - s)
-        for k in range(m):
-            x, y = np.float64(pts[s + k, 0]), np.float64(pts[s + k, 1])
-            fx = c0 * x + c1 * y + c2
-            fy = r0 * x + r1 * y + r2
-            # branch-free: a point outside the window (or NaN, from a diverging FractalDB walk,
-            # which fails every comparison) counts in cell 0, a margin cell that is never read
-            inside = (fx >= lo) & (fx < hi) & (fy >= lo) & (fy < hi)
-            fx = fx if inside else 0.0
-            fy = fy if inside else 0.0
-            cell[k] = np.int32(fy) * W + np.int32(fx)
-        for k in range(m):
-            flat[np.uint32(cell[k])] += 1
+    for k in range(pts.shape[0]):
+        x, y = np.float64(pts[k, 0]), np.float64(pts[k, 1])
+        fx = c0 * x + c1 * y + c2
+        fy = r0 * x + r1 * y + r2
+        # branch-free: a point outside the window (or NaN, from a diverging FractalDB walk,
+        # which fails every comparison) counts in cell 0, a margin cell that is never read
+        inside = (fx >= lo) & (fx < hi) & (fy >= lo) & (fy < hi)
+        fx = fx if inside else 0.0
+        fy = fy if inside else 0.0
+        flat[np.uint32(np.int32(fy) * W + np.int32(fx))] += 1
 
 
 @numba.njit(cache=True)
@@ -389,39 +384,48 @@ def _hsv(h, s, v, n):
 
 @numba.njit(cache=True, inline="always")
 def _byte(v):
+    # clamp by selects, then truncate: no branch, so loops over pixels vectorise
     v = v * 255.0 + 0.5
-    return np.uint8(255) if v >= 255.0 else (np.uint8(0) if v <= 0.0 else np.uint8(v))
+    v = v if v < 255.0 else 255.0
+    v = v if v > 0.0 else 0.0
+    return np.uint8(np.int32(v))
 
 
 @numba.njit(cache=True)
 def _blur3(out, sigma):
     """3x3 Gaussian on the uint8 (H, W, C) image in place, with OpenCV's default border
     (reflect-101), as ``cv2.GaussianBlur(img, (3, 3), sigma)`` in the reference; separable, in
-    float32, rounded once at the end."""
+    float32, rounded once at the end. Row by row (the buffers stay in L1), each row as W * C
+    interleaved values (horizontal neighbours are C apart), so every loop runs over contiguous
+    memory and vectorises."""
     w1 = np.exp(-1.0 / (2.0 * sigma * sigma))
     w0 = np.float32(1.0 / (1.0 + 2.0 * w1))
     w1 = np.float32(w1 / (1.0 + 2.0 * w1))
+    w2 = 2 * w1  # float64, as the edge sums have always been computed
     H, W, C = out.shape
-    img = np.empty((H, W), dtype=np.float32)
-    tmp = np.empty((H, W), dtype=np.float32)
-    for c in range(C):
-        for i in range(H):
-            for j in range(W):
-                img[i, j] = out[i, j, c]
-        for i in range(H):
-            up = i - 1 if i > 0 else 1
-            dn = i + 1 if i < H - 1 else H - 2
-            for j in range(W):
-                tmp[i, j] = w1 * img[up, j] + w0 * img[i, j] + w1 * img[dn, j]
-        for i in range(H):
-            # edges apart, so the inner loop has no clamping and vectorises
-            img[i, 0] = w0 * tmp[i, 0] + 2 * w1 * tmp[i, 1]
-            for j in range(1, W - 1):
-                img[i, j] = w1 * tmp[i, j - 1] + w0 * tmp[i, j] + w1 * tmp[i, j + 1]
-            img[i, W - 1] = w0 * tmp[i, W - 1] + 2 * w1 * tmp[i, W - 2]
-        for i in range(H):
-            for j in range(W):
-                out[i, j, c] = _byte(img[i, j] * (1.0 / 255.0))
+    flat = out.reshape(H, W * C)
+    WC = W * C
+    t = np.empty(WC, dtype=np.float32)  # the vertical pass of the current row
+    row = np.empty(WC, dtype=np.float32)
+    uC, uC2 = np.uint64(C), np.uint64(2 * C)
+    saved = flat[1].copy()  # the original of the row above (already overwritten in ``out``)
+    for i in range(H):
+        up = saved if i > 0 else flat[1]
+        mid = flat[i]
+        dn = flat[i + 1] if i < H - 1 else saved
+        for e in range(WC):  # vertical, uint8 -> float32 on the fly (exact)
+            u = np.uint64(e)
+            t[u] = w1 * np.float32(up[u]) + w0 * np.float32(mid[u]) + w1 * np.float32(dn[u])
+        saved[:] = mid
+        for c in range(C):  # horizontal
+            row[c] = np.float32(w0 * t[c] + w2 * t[C + c])
+            row[WC - C + c] = np.float32(w0 * t[WC - C + c] + w2 * t[WC - 2 * C + c])
+        for e in range(WC - 2 * C):
+            u = np.uint64(e)  # unsigned: no negative-index fix-up, so the loop vectorises
+            row[u + uC] = w1 * t[u] + w0 * t[u + uC] + w1 * t[u + uC2]
+        for e in range(WC):
+            u = np.uint64(e)
+            mid[u] = _byte(row[u] * (1.0 / 255.0))
 
 
 @numba.njit(cache=True)
