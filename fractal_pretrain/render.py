@@ -346,11 +346,13 @@ def _stamp(hist, mask, size):
     for dy in range(3):
         for dx in range(3):
             if mask[dy, dx]:
-                oy, ox = 3 - dy, 3 - dx
+                oy, ox = 3 - dy, np.uint64(3 - dx)
                 for i in range(size):
                     row = hist[i + oy]
-                    for j in range(size):
-                        out[i, j] += row[j + ox]
+                    o = out[i]
+                    for j in range(size):  # unsigned: no negative-index fix-up, so it vectorises
+                        u = np.uint64(j)
+                        o[u] += row[u + ox]
     return out
 
 
