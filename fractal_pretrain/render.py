@@ -269,54 +269,38 @@ def _walk(A, b, n, state):
     return pts, np.float64(xmin), np.float64(ymin), np.float64(xmax), np.float64(ymax)
 
 
-@numba.njit(cache=True, inline="always")
-def _bin_axes(pts, jx, c0, c2, r1, r2, lo, hi, flat, W):
-    """``_bin`` for a diagonal transform: column from point axis ``jx``, row from the other."""
-    jy = np.uint64(1) - jx
-    for k in range(pts.shape[0]):
-        u = np.uint64(k)
-        fx = c0 * np.float64(pts[u, jx]) + c2
-        fy = r1 * np.float64(pts[u, jy]) + r2
-        inside = (fx >= lo) & (fx < hi) & (fy >= lo) & (fy < hi)
-        fx = fx if inside else 0.0
-        fy = fy if inside else 0.0
-        flat[np.uint32(np.int32(fy) * W + np.int32(fx))] += 1
-
-
 @numba.njit(cache=True)
 def _bin(pts, px, hist):
     """Count the points in ``hist``. ``px`` (2x3) maps a point to (column, row) pixel
     coordinates; the dihedral flip is folded into it, so the image comes out flipped at no cost.
     ``hist`` is (size + 4)^2 with a 2-pixel margin, so points up to one pixel outside the window
-    are kept (their 3x3 stamp reaches inside) without per-stamp bounds checks. One loop, each
-    count right after its cell is known: faster than a vectorised pass of cell indices through a
-    buffer followed by the scattered counts (the buffer's stores and loads cost more than the
-    pass saves)."""
-    size = hist.shape[0] - 4
-    # shifted by 2 pixels (the margin): in-range points have positive coordinates, so the cast
-    # truncates like floor and the indices are unsigned (no negative-index fix-up)
-    lo, hi = 1.0, size + 3.0
-    c0, c1, c2, r0, r1, r2 = px[0, 0], px[0, 1], px[0, 2] + 2.0, px[1, 0], px[1, 1], px[1, 2] + 2.0
+    are kept (their 3x3 stamp reaches inside) without per-stamp bounds checks; its outer ring
+    (row or column 0 or size + 3) is never read."""
+    # the window and flips give each pixel axis one point axis, the other coefficient +-0:
+    # dropping that term changes no cell (adding +-0 leaves a non-zero sum as it is, and a
+    # non-finite point stays non-finite on its own axis)
+    if px[0, 1] == 0.0 and px[1, 0] == 0.0:
+        jx, cx, ry = np.uint64(0), px[0, 0], px[1, 1]
+    elif px[0, 0] == 0.0 and px[1, 1] == 0.0:
+        jx, cx, ry = np.uint64(1), px[0, 1], px[1, 0]
+    else:
+        raise ValueError("_bin takes a window with a dihedral flip, as _pixel_transform makes")
+    jy = np.uint64(1) - jx
+    c2, r2 = px[0, 2] + 2.0, px[1, 2] + 2.0  # shifted by the 2-pixel margin
     flat = hist.ravel()
     W = np.int32(hist.shape[1])
-    # the window and flips give each pixel axis one point axis (the other coefficient is +-0):
-    # dropping the zero term leaves every cell as it was (adding +-0 changes no non-zero sum, and
-    # a non-finite point still fails the range test on its own axis) and saves a third of the work
-    if c1 == 0.0 and r0 == 0.0:
-        _bin_axes(pts, np.uint64(0), c0, c2, r1, r2, lo, hi, flat, W)
-        return
-    if c0 == 0.0 and r1 == 0.0:
-        _bin_axes(pts, np.uint64(1), c1, c2, r0, r2, lo, hi, flat, W)
-        return
+    top = np.float64(W - 1)
     for k in range(pts.shape[0]):
-        x, y = np.float64(pts[k, 0]), np.float64(pts[k, 1])
-        fx = c0 * x + c1 * y + c2
-        fy = r0 * x + r1 * y + r2
-        # branch-free: a point outside the window (or NaN, from a diverging FractalDB walk,
-        # which fails every comparison) counts in cell 0, a margin cell that is never read
-        inside = (fx >= lo) & (fx < hi) & (fy >= lo) & (fy < hi)
-        fx = fx if inside else 0.0
-        fy = fy if inside else 0.0
+        u = np.uint64(k)  # unsigned indices: no negative-index fix-up
+        fx = cx * np.float64(pts[u, jx]) + c2
+        fy = ry * np.float64(pts[u, jy]) + r2
+        # branch-free: a point outside the window (or NaN, from a diverging FractalDB walk: it
+        # fails ``> 0``) is clamped onto the outer ring, which nothing reads; inside, the cast
+        # of a positive coordinate truncates like floor
+        fx = fx if fx > 0.0 else 0.0
+        fx = fx if fx < top else top
+        fy = fy if fy > 0.0 else 0.0
+        fy = fy if fy < top else top
         flat[np.uint32(np.int32(fy) * W + np.int32(fx))] += 1
 
 
