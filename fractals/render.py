@@ -27,6 +27,7 @@ a try rejected if it breaks contractivity. Grey renders (``color=False``) give e
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,7 @@ numba.config.CACHE_DIR = CACHE_DIR
 TABLE_BITS = 13  # map-choice table of 8192 entries, indexed by the top bits of a 16-bit field
 _WALKERS = 4  # interleaved chaos-game walkers, one 16-bit field of each 64-bit draw apiece
 M64 = (1 << 64) - 1
+_LITTLE_ENDIAN = sys.byteorder == "little"
 JITTER_TRIES = 4  # Anderson & Farrell / Ugwu et al.: up to four draws before rendering unjittered
 
 # the fixed layout of per-render draws (see the module docstring)
@@ -274,32 +276,34 @@ def _bin(pts, px, hist):
     """Count the points in ``hist``. ``px`` (2x3) maps a point to (column, row) pixel
     coordinates; the dihedral flip is folded into it, so the image comes out flipped at no cost.
     ``hist`` is (size + 4)^2 with a 2-pixel margin, so points up to one pixel outside the window
-    are kept (their 3x3 stamp reaches inside) without per-stamp bounds checks. In blocks: the
-    cell indices of a block first (a loop the compiler vectorises), then the scattered counts."""
-    size = hist.shape[0] - 4
-    # shifted by 2 pixels (the margin): in-range points have positive coordinates, so the cast
-    # truncates like floor and the indices are unsigned (no negative-index fix-up)
-    lo, hi = 1.0, size + 3.0
-    c0, c1, c2, r0, r1, r2 = px[0, 0], px[0, 1], px[0, 2] + 2.0, px[1, 0], px[1, 1], px[1, 2] + 2.0
+    are kept (their 3x3 stamp reaches inside) without per-stamp bounds checks; its outer ring
+    (row or column 0 or size + 3) is never read."""
+    # the window and flips give each pixel axis one point axis, the other coefficient +-0:
+    # dropping that term changes no cell (adding +-0 leaves a non-zero sum as it is, and a
+    # non-finite point stays non-finite on its own axis)
+    if px[0, 1] == 0.0 and px[1, 0] == 0.0:
+        jx, cx, ry = np.uint64(0), px[0, 0], px[1, 1]
+    elif px[0, 0] == 0.0 and px[1, 1] == 0.0:
+        jx, cx, ry = np.uint64(1), px[0, 1], px[1, 0]
+    else:
+        raise ValueError("_bin takes a window with a dihedral flip, as _pixel_transform makes")
+    jy = np.uint64(1) - jx
+    c2, r2 = px[0, 2] + 2.0, px[1, 2] + 2.0  # shifted by the 2-pixel margin
     flat = hist.ravel()
     W = np.int32(hist.shape[1])
-    B = 2048
-    cell = np.empty(B, dtype=np.int32)
-    n = pts.shape[0]
-    for s in range(0, n, B):
-        m = min(B, n - s)
-        for k in range(m):
-            x, y = np.float64(pts[s + k, 0]), np.float64(pts[s + k, 1])
-            fx = c0 * x + c1 * y + c2
-            fy = r0 * x + r1 * y + r2
-            # branch-free: a point outside the window (or NaN, from a diverging FractalDB walk,
-            # which fails every comparison) counts in cell 0, a margin cell that is never read
-            inside = (fx >= lo) & (fx < hi) & (fy >= lo) & (fy < hi)
-            fx = fx if inside else 0.0
-            fy = fy if inside else 0.0
-            cell[k] = np.int32(fy) * W + np.int32(fx)
-        for k in range(m):
-            flat[np.uint32(cell[k])] += 1
+    top = np.float64(W - 1)
+    for k in range(pts.shape[0]):
+        u = np.uint64(k)  # unsigned indices: no negative-index fix-up
+        fx = cx * np.float64(pts[u, jx]) + c2
+        fy = ry * np.float64(pts[u, jy]) + r2
+        # branch-free: a point outside the window (or NaN, from a diverging FractalDB walk: it
+        # fails ``> 0``) is clamped onto the outer ring, which nothing reads; inside, the cast
+        # of a positive coordinate truncates like floor
+        fx = fx if fx > 0.0 else 0.0
+        fx = fx if fx < top else top
+        fy = fy if fy > 0.0 else 0.0
+        fy = fy if fy < top else top
+        flat[np.uint32(np.int32(fy) * W + np.int32(fx))] += 1
 
 
 @numba.njit(cache=True)
@@ -328,11 +332,13 @@ def _stamp(hist, mask, size):
     for dy in range(3):
         for dx in range(3):
             if mask[dy, dx]:
-                oy, ox = 3 - dy, 3 - dx
+                oy, ox = 3 - dy, np.uint64(3 - dx)
                 for i in range(size):
                     row = hist[i + oy]
-                    for j in range(size):
-                        out[i, j] += row[j + ox]
+                    o = out[i]
+                    for j in range(size):  # unsigned: no negative-index fix-up, so it vectorises
+                        u = np.uint64(j)
+                        o[u] += row[u + ox]
     return out
 
 
@@ -389,39 +395,50 @@ def _hsv(h, s, v, n):
 
 @numba.njit(cache=True, inline="always")
 def _byte(v):
+    # clamp by selects, then truncate: no branch, so loops over pixels vectorise
     v = v * 255.0 + 0.5
-    return np.uint8(255) if v >= 255.0 else (np.uint8(0) if v <= 0.0 else np.uint8(v))
+    v = v if v < 255.0 else 255.0
+    v = v if v > 0.0 else 0.0
+    return np.uint8(np.int32(v))
 
 
 @numba.njit(cache=True)
 def _blur3(out, sigma):
     """3x3 Gaussian on the uint8 (H, W, C) image in place, with OpenCV's default border
     (reflect-101), as ``cv2.GaussianBlur(img, (3, 3), sigma)`` in the reference; separable, in
-    float32, rounded once at the end."""
+    float32, rounded once at the end. Row by row (the buffers stay in L1), each row as W * C
+    interleaved values (horizontal neighbours are C apart), so every loop runs over contiguous
+    memory and vectorises."""
     w1 = np.exp(-1.0 / (2.0 * sigma * sigma))
     w0 = np.float32(1.0 / (1.0 + 2.0 * w1))
     w1 = np.float32(w1 / (1.0 + 2.0 * w1))
+    w2 = 2 * w1  # float64, as the edge sums have always been computed
     H, W, C = out.shape
-    img = np.empty((H, W), dtype=np.float32)
-    tmp = np.empty((H, W), dtype=np.float32)
-    for c in range(C):
-        for i in range(H):
-            for j in range(W):
-                img[i, j] = out[i, j, c]
-        for i in range(H):
-            up = i - 1 if i > 0 else 1
-            dn = i + 1 if i < H - 1 else H - 2
-            for j in range(W):
-                tmp[i, j] = w1 * img[up, j] + w0 * img[i, j] + w1 * img[dn, j]
-        for i in range(H):
-            # edges apart, so the inner loop has no clamping and vectorises
-            img[i, 0] = w0 * tmp[i, 0] + 2 * w1 * tmp[i, 1]
-            for j in range(1, W - 1):
-                img[i, j] = w1 * tmp[i, j - 1] + w0 * tmp[i, j] + w1 * tmp[i, j + 1]
-            img[i, W - 1] = w0 * tmp[i, W - 1] + 2 * w1 * tmp[i, W - 2]
-        for i in range(H):
-            for j in range(W):
-                out[i, j, c] = _byte(img[i, j] * (1.0 / 255.0))
+    flat = out.reshape(H, W * C)
+    WC = W * C
+    t = np.empty(WC, dtype=np.float32)  # the vertical pass of the current row
+    row = np.empty(WC, dtype=np.float32)
+    uC, uC2 = np.uint64(C), np.uint64(2 * C)
+    saved = flat[1].copy()  # the original of the row above (already overwritten in ``out``)
+    for i in range(H):
+        up = saved if i > 0 else flat[1]
+        mid = flat[i]
+        dn = flat[i + 1] if i < H - 1 else saved
+        for e in range(WC):  # vertical, uint8 -> float32 on the fly (exact)
+            u = np.uint64(e)
+            t[u] = w1 * np.float32(up[u]) + w0 * np.float32(mid[u]) + w1 * np.float32(dn[u])
+        for e in range(WC):  # a loop: numba's slice assignment copies byte by byte, 20x slower
+            u = np.uint64(e)
+            saved[u] = mid[u]
+        for c in range(C):  # horizontal
+            row[c] = np.float32(w0 * t[c] + w2 * t[C + c])
+            row[WC - C + c] = np.float32(w0 * t[WC - C + c] + w2 * t[WC - 2 * C + c])
+        for e in range(WC - 2 * C):
+            u = np.uint64(e)  # unsigned: no negative-index fix-up, so the loop vectorises
+            row[u + uC] = w1 * t[u] + w0 * t[u + uC] + w1 * t[u + uC2]
+        for e in range(WC):
+            u = np.uint64(e)
+            mid[u] = _byte(row[u] * (1.0 / 255.0))
 
 
 @numba.njit(cache=True)
@@ -525,6 +542,25 @@ def _shade(counts, out, lut, hue0, binary, log_density):
         h8 = _hue_byte(h, peak, log_peak, binary, log_density, hue0)
         for c in range(C):
             tab[h, c] = lut[h8, c]
+    if n > 1 and W % 4 == 0 and _LITTLE_ENDIAN:
+        # four RGB pixels are three 32-bit words: three stores instead of twelve (the loop is
+        # store-bound); tab32[h] holds the pixel as R | G << 8 | B << 16
+        tab32 = np.empty(n, dtype=np.uint32)
+        for h in range(n):
+            tab32[h] = np.uint32(tab[h, 0]) | (np.uint32(tab[h, 1]) << 8) | (np.uint32(tab[h, 2]) << 16)
+        words = out.reshape(H, W * 3).view(np.uint32)
+        s8, s16, s24 = np.uint32(8), np.uint32(16), np.uint32(24)
+        for i in range(H):
+            c_row, w_row = counts[i], words[i]
+            for q in range(W // 4):
+                u = np.uint64(4 * q)
+                p0, p1 = tab32[np.uint64(c_row[u])], tab32[np.uint64(c_row[u + np.uint64(1)])]
+                p2, p3 = tab32[np.uint64(c_row[u + np.uint64(2)])], tab32[np.uint64(c_row[u + np.uint64(3)])]
+                v = np.uint64(3 * q)
+                w_row[v] = p0 | (p1 << s24)
+                w_row[v + np.uint64(1)] = (p1 >> s8) | (p2 << s16)
+                w_row[v + np.uint64(2)] = (p2 >> s16) | (p3 << s8)
+        return
     for i in range(H):
         for j in range(W):
             h = counts[i, j]
