@@ -17,8 +17,8 @@ sources, matched on (category, seed): mean difference, a 95% paired-bootstrap in
 the two-sided Wilcoxon signed-rank p (scipy), per metric.
 
 ``selection``: where one backbone source has several recipes (a sweep over pre-training settings),
-its arms ranked by the validation image AUROC (training normals + synthetic anomalies, never the
-test set) and the best one marked: the recipe to carry forward is picked there, not on test AUROC.
+its arms ranked by the validation image AUROC, ties broken by the validation pixel AUROC (training
+normals + synthetic anomalies, never the test set), and the best one marked: the recipe to carry forward is picked there, not on test AUROC.
 """
 
 from __future__ import annotations
@@ -123,19 +123,22 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def selection(table: pd.DataFrame, metric: str = "val_image_AUROC") -> pd.DataFrame:
+def selection(table: pd.DataFrame, metrics: tuple[str, ...] = VALIDATION) -> pd.DataFrame:
     """Per backbone source, detector, dataset and architecture with more than one recipe: the arms
-    ranked by ``metric`` (a validation quantity; mean over seeds of the category mean), the first
-    one ``picked``. Test metrics ride along for the record; they choose nothing."""
-    if f"{metric}_mean" not in table:
+    ranked by the validation ``metrics`` (mean over seeds of the category mean; the second breaks
+    ties of the first, which a small validation split quantises coarsely), the first one
+    ``picked``. Test metrics ride along for the record; they choose nothing."""
+    if f"{metrics[0]}_mean" not in table:
         return pd.DataFrame()
     key = ["backbone", "detector", "dataset", "arch"]
+    ranks = [f"{m}_mean" for m in metrics if f"{m}_mean" in table]
     several = table.groupby(key)["pretrain_hash"].transform("nunique") > 1
-    ranked = table[several & table[f"{metric}_mean"].notna()].sort_values(
-        [*key, f"{metric}_mean"], ascending=[True] * len(key) + [False])
+    ranked = table[several & table[ranks[0]].notna()].sort_values(
+        [*key, *ranks], ascending=[True] * len(key) + [False] * len(ranks), na_position="last")
     ranked = ranked.assign(picked=~ranked.duplicated(key))
-    return ranked[[*key, "pretrain_hash", "seeds", "picked", f"{metric}_mean", f"{metric}_ci_low",
-                   f"{metric}_ci_high", *(f"{m}_mean" for m in HEADLINE)]].reset_index(drop=True)
+    columns = [*key, "pretrain_hash", "seeds", "picked", *(f"{m}_{s}" for m in metrics for s in ("mean", "ci_low", "ci_high")),
+               *(f"{m}_mean" for m in HEADLINE)]
+    return ranked.reindex(columns=columns).reset_index(drop=True)
 
 
 def paired(rows: pd.DataFrame, metrics: tuple[str, ...] = HEADLINE) -> pd.DataFrame:
@@ -237,12 +240,14 @@ def markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> st
     if not picks.empty:
         lines += _section(
             "Recipe selection: where one backbone source ran several pre-training recipes, its arms ranked "
-            "by val_image_AUROC (training normals + synthetic anomalies; the test set chooses nothing), mean "
-            "over seeds [95% CI]; the first of each group is the pick. Test image AUROC for the record.",
-            ["backbone", "detector", "dataset", "arch", "pretrain", "seeds", "val_image_AUROC", "picked",
-             "image_AUROC (test)"],
+            "by val_image_AUROC, ties broken by val_pixel_AUROC (training normals + synthetic anomalies; the "
+            "test set chooses nothing), mean over seeds [95% CI]; the first of each group is the pick. Test "
+            "image AUROC for the record.",
+            ["backbone", "detector", "dataset", "arch", "pretrain", "seeds", "val_image_AUROC", "val_pixel_AUROC",
+             "picked", "image_AUROC (test)"],
             [[r.backbone, r.detector, r.dataset, r.arch, r.pretrain_hash, str(r.seeds),
               _cell(r.val_image_AUROC_mean, r.val_image_AUROC_ci_low, r.val_image_AUROC_ci_high),
+              _cell(r.val_pixel_AUROC_mean, r.val_pixel_AUROC_ci_low, r.val_pixel_AUROC_ci_high),
               "yes" if r.picked else "", _num(r.image_AUROC_mean)] for r in picks.itertuples()])
     if comparisons is not None and not comparisons.empty:
         lines += _section(

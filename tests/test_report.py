@@ -27,7 +27,8 @@ CATEGORIES = ["tiles", "washer", "weave"]
 
 def arm_rows(backbone: str, values: dict[tuple[str, int], float], arch: str = "efficientnet_lite0",
              recipe: str = "h0", detector: str = "patchcore", status: dict | None = None,
-             pixel: bool = True, val: dict[tuple[str, int], float] | None = None) -> pd.DataFrame:
+             pixel: bool = True, val: dict[tuple[str, int], float] | None = None,
+             val_pixel: float | None = None) -> pd.DataFrame:
     """Rows of one arm: ``values[(category, seed)]`` is the image AUROC; pixel metrics derived from
     it; ``val`` the validation image AUROC (absent: not logged)."""
     rows = []
@@ -39,7 +40,7 @@ def arm_rows(backbone: str, values: dict[tuple[str, int], float], arch: str = "e
         if pixel:
             row.update(pixel_AUROC=v - 0.1, pixel_AUPRO=v - 0.2)
         if val is not None:
-            row.update(val_image_AUROC=val[(category, seed)])
+            row.update(val_image_AUROC=val[(category, seed)], val_pixel_AUROC=val_pixel)
         rows.append(row)
     return pd.DataFrame(rows).reindex(columns=["run_id", "status", *report.ARM, "category", "seed", *HEADLINE,
                                                *VALIDATION])
@@ -135,6 +136,17 @@ def test_recipe_selection_ranks_on_validation_never_on_test(tmp_path):
     paths = report.write_report(rows, tmp_path)
     assert pd.read_csv(paths["selection"])["pretrain_hash"].tolist() == list(picks["pretrain_hash"])
     assert "Recipe selection" in paths["markdown"].read_text()
+
+
+def test_recipe_selection_breaks_a_validation_image_tie_on_validation_pixels():
+    """A 3 + 3 image validation split quantises AUROC in ninths, so two recipes can tie exactly: the
+    validation pixel AUROC decides, whatever the test figures or the order of the hashes."""
+    rng = np.random.default_rng(8)
+    same_val = grid(rng)
+    rows = pd.concat([arm_rows("fractal", grid(rng, offset=0.2), recipe="aaa", val=same_val, val_pixel=0.55),
+                      arm_rows("fractal", grid(rng, offset=-0.2), recipe="bbb", val=same_val, val_pixel=0.60)])
+    picks = report.selection(report.summarise(rows))
+    assert list(picks["pretrain_hash"]) == ["bbb", "aaa"] and list(picks["picked"]) == [True, False]
 
 
 def test_missing_and_failed_categories_are_flagged_not_averaged_over():
