@@ -133,8 +133,12 @@ def selection(table: pd.DataFrame, metrics: tuple[str, ...] = VALIDATION) -> pd.
     key = ["backbone", "detector", "dataset", "arch"]
     ranks = [f"{m}_mean" for m in metrics if f"{m}_mean" in table]
     several = table.groupby(key)["pretrain_hash"].transform("nunique") > 1
-    ranked = table[several & table[ranks[0]].notna()].sort_values(
-        [*key, *ranks], ascending=[True] * len(key) + [False] * len(ranks), na_position="last")
+    # rounded: metrics arrive as float32 (torchmetrics), so values that tie exactly (ninths) differ
+    # around the 8th digit
+    candidates = table[several & table[ranks[0]].notna()]
+    order = candidates[ranks].round(6).set_axis([f"_rank{i}" for i in range(len(ranks))], axis=1)
+    ranked = pd.concat([candidates, order], axis=1).sort_values(
+        [*key, *order.columns], ascending=[True] * len(key) + [False] * len(ranks), na_position="last")
     ranked = ranked.assign(picked=~ranked.duplicated(key))
     columns = [*key, "pretrain_hash", "seeds", "picked", *(f"{m}_{s}" for m in metrics for s in ("mean", "ci_low", "ci_high")),
                *(f"{m}_mean" for m in HEADLINE)]
