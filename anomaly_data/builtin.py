@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 from PIL import Image, ImageDraw
 
 CATEGORIES = ("weave", "tiles", "washer")
@@ -76,38 +77,35 @@ def make_builtin_dataset(
     params = _params(seed, image_size, n_train, n_test_good, n_test_defect)
     if _existing_matches(root, params):
         return root
-
     root.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_builds(root)
-    tmp = root.parent / f"{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)  # leftover of an earlier, interrupted run of this pid
-    try:
-        tmp.mkdir()
-        for c, category in enumerate(CATEGORIES):
-            _write_category(tmp / category, c, params)
-        # Written last: a folder holding builtin.json is complete.
-        (tmp / PARAMS_FILE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
-        _retire_older_format(root)
+    # one builder at a time (parallel sweep jobs): the second finds the first's build complete,
+    # instead of retiring it as an older format while the first is reading it
+    with FileLock(root.parent / f"{root.name}.lock"):
+        if _existing_matches(root, params):
+            return root
+        _remove_stale_builds(root)
+        tmp = root.parent / f"{root.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)  # leftover of an earlier, interrupted run of this pid
         try:
+            tmp.mkdir()
+            for c, category in enumerate(CATEGORIES):
+                _write_category(tmp / category, c, params)
+            # Written last: a folder holding builtin.json is complete.
+            (tmp / PARAMS_FILE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+            _retire_older_format(root)
             os.rename(tmp, root)  # atomic; also replaces an empty folder at root
-        except OSError:
-            # Someone else (another process) put a dataset there in the meantime.
-            if not _existing_matches(root, params):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 
 def _retire_older_format(root: Path) -> None:
     """Move a build of an older FORMAT_VERSION out of the way (then delete it): it is derived data,
-    regenerated rather than refused. Only reached when ``root`` holds our own builtin.json."""
+    regenerated rather than refused. Only reached, under the build lock, when ``root`` holds our
+    own builtin.json of another format version."""
     if (root / PARAMS_FILE).is_file():
         aside = root.parent / f"{root.name}.old-{os.getpid()}"
-        try:
-            os.rename(root, aside)
-        except FileNotFoundError:
-            return  # a parallel process retired it first
+        os.rename(root, aside)
         shutil.rmtree(aside, ignore_errors=True)
 
 

@@ -144,7 +144,24 @@ def test_a_build_of_an_older_format_is_regenerated(tmp_path):
     assert make_builtin_dataset(tmp_path / "ds", seed=1, **SMALL) == root
     assert json.loads((root / "builtin.json").read_text()) == params
     assert (root / "weave/test/tint/000.png").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # nothing left aside
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "ds.lock"]  # nothing left aside
+
+
+def _build_and_report_inode(root: str) -> int:
+    make_builtin_dataset(root, seed=1, **SMALL)
+    return Path(root, "weave").stat().st_ino
+
+
+def test_parallel_jobs_build_the_dataset_once():
+    """Parallel sweep jobs that all find no dataset: one builds it, the others wait and use that build.
+    (Each used to build its own and swap it into place, deleting the folder under a job reading it.)"""
+    import multiprocessing as mp
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, mp.get_context("spawn").Pool(3) as pool:
+        inodes = pool.map(_build_and_report_inode, [str(Path(tmp) / "ds")] * 3)
+        assert len(set(inodes)) == 1
+        assert sorted(p.name for p in Path(tmp).iterdir()) == ["ds", "ds.lock"]
 
 
 def test_good_test_images_have_no_mask(dataset):
