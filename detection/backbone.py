@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import timm
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from timm.models import split_model_name_tag
 
 from console.errors import UserError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Backbone", "BackboneError", "resolve_backbone"]
 
 
 class BackboneError(UserError, ValueError):

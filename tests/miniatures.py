@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
 from test_dataset_layouts import N_TEST_GOOD, N_TRAIN, _image, _mask
 
 N_BAD = 4

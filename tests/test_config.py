@@ -6,7 +6,6 @@ from pathlib import Path
 
 import hydra
 import pytest
-
 from conftest import CONF_DIR, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in Path(CONF_DIR, "experiment").glob("*.yaml"))
@@ -21,7 +20,7 @@ def test_the_three_foundation_experiments_exist():
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_and_resolves(name, tmp_path):
     cfg = compose_config(tmp_path, f"+experiment={name}")
-    assert cfg.backbone.source in name or name.startswith(("study", "compare"))  # grids name no one source
+    assert cfg.backbone.source in name or name.startswith(("study", "compare", "recipe"))  # grids name no one source
     # everything resolves, and paths are absolute whatever the working directory
     for key in ("paths.root_dir", "paths.data_dir", "dataset.root"):
         assert Path(cfg[key.split(".")[0]][key.split(".")[1]]).is_absolute(), key

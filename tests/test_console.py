@@ -11,9 +11,9 @@ import sys
 import lightning as L
 import pytest
 import torch
+from conftest import TINY
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import TINY
 from console.progress import StepProgress
 from run import ROOT
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import hydra
 import numpy as np
 import pytest
+from conftest import compose_config
 from PIL import Image
 
-from conftest import compose_config
+from anomaly_data.datasets import DatasetError, validate_layout
 from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from pipeline.detect import detect
-from anomaly_data.datasets import DatasetError, validate_layout
 
 SIZE = 64
 N_TRAIN, N_TEST_GOOD = 10, 3

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import hydra
 import pytest
-
 from conftest import CONF_DIR, compose_config
-from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
-from pipeline.detect import detect
-from anomaly_data.datasets import DATASETS, DatasetError, validate_layout
-from pipeline.detect import dataset_has_masks, validate_dataset
 from miniatures import N_BAD, blank_mask, break_image, make_folder, make_mvtec_ad2, make_real_iad
 from test_dataset_layouts import N_TEST_GOOD, N_TRAIN, make_mvtec
+
+from anomaly_data.datasets import DATASETS, DatasetError, validate_layout
+from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from pipeline.detect import dataset_has_masks, detect, validate_dataset
 
 PIXEL = ("pixel_AUROC", "pixel_AUPRO")
 RANDOM = Backbone("random", "resnet18", "resnet18", False, IMAGENET_MEAN, IMAGENET_STD, "random init")

@@ -8,17 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `evaluation` without installing
-
-from anomaly_data.builtin import CATEGORIES, DEFECTS, make_builtin_dataset  # noqa: E402
-from anomaly_data.datasets import DATASETS, DatasetError, validate_layout  # noqa: E402
+from anomaly_data.builtin import CATEGORIES, DEFECTS, make_builtin_dataset
+from anomaly_data.datasets import DATASETS, DatasetError, validate_layout
 
 SMALL = dict(image_size=64, n_train=3, n_test_good=2, n_test_defect=2)
 

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import timm
 import torch
-
 from conftest import CONF_DIR, compose_config
+
 from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
-from pipeline.detect import detect
 from detection.layers import resolve_layers
+from pipeline.detect import detect
 
 DETECTORS = sorted(p.stem for p in Path(CONF_DIR, "detector").glob("*.yaml"))
 TRAINED = {"cflow", "fastflow", "reverse_distillation", "stfpm", "cfa"}
@@ -187,8 +187,8 @@ def test_reverse_distillation_outside_resnet_family_is_named(tmp_path, fractal_e
 
 def test_validation_split_comes_from_training_normals_only(tmp_path, data):
     import hydra
-
     from anomalib.data.utils.synthetic import SyntheticAnomalyDataset
+
     from anomaly_data.builtin import make_builtin_dataset
 
     cfg = config(tmp_path, data, "patchcore")
@@ -394,7 +394,6 @@ def test_images_and_masks_stay_aligned_through_resize_and_crop(crop):
 
 
 def test_crop_larger_than_the_resize_is_refused():
-    from omegaconf import OmegaConf
 
     from detection.detect import input_transform
 

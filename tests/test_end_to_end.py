@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import TINY, runs_of
+
 from run import ROOT
 
 pytestmark = pytest.mark.slow

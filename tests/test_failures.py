@@ -7,13 +7,13 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TINY, compose_config, runs_of
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from conftest import TINY, compose_config, runs_of
+from anomaly_data.datasets import DatasetError
 from console.errors import EXIT_USER_ERROR, ConfigError, UserError
 from detection.backbone import BackboneError
 from detection.imagenet_offline import OfflineWeightsError
-from anomaly_data.datasets import DatasetError
 from pipeline.job import run_pipeline
 from run import ROOT
 

@@ -22,18 +22,33 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from fractals import render as R
+from fractals.families import MultiFormulaConfig, multi_formula_layout
+from fractals.ifs import (
+    FORMAT_VERSION,
+    SystemBank,
+    fill_ratio,
+    map_probabilities,
+    sample_bank,
+    sample_singular_values,
+    sigma_factor,
+    spectral_norm2,
+)
+from fractals.render import RenderConfig, derive_key, render, render_key
+from pipeline.generate import generate, load_bank
+from pretraining.data import (
+    PREVIEW,
+    TRAIN,
+    VAL,
+    EpochSampler,
+    FractalImages,
+    MultiFormulaImages,
+    OneImagePerClass,
+    make_dataset,
+    preview_grid,
+)
 
-from fractals import render as R  # noqa: E402
-from pretraining.data import (PREVIEW, TRAIN, VAL, EpochSampler, FractalImages,  # noqa: E402
-                                   MultiFormulaImages, OneImagePerClass, make_dataset, preview_grid)
-from fractals.families import MultiFormulaConfig, multi_formula_layout  # noqa: E402
-from pipeline.generate import generate, load_bank  # noqa: E402
-from fractals.ifs import (FORMAT_VERSION, SystemBank, fill_ratio,  # noqa: E402
-                                  map_probabilities, sample_bank, sample_singular_values, sigma_factor,
-                                  spectral_norm2)
-from fractals.render import RenderConfig, derive_key, render, render_key  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SMALL = RenderConfig(size=32, n_points=4000, patch=True, blur_p=0.5)
 GREY = RenderConfig(size=48, n_points=20_000, color=False, flip=False, blur_p=0.0)
@@ -268,7 +283,6 @@ def test_window_is_the_bounding_box_stretched_per_axis():
     ratios = []
     for k in range(200):
         d = R.render_draws(k)
-        lo, hi = cfg.window_scale_min, 2.0
         ratios.append((0.5 + 1.5 * d[R._DRAW_SCALE]) / (0.5 + 1.5 * d[R._DRAW_SCALE_Y]))
     assert min(ratios) < 0.5 and max(ratios) > 2.0
 def test_blur_happens_with_probability_p(bank):

@@ -3,19 +3,14 @@ the same systems and keys, reproducible, independent of the batch it is in."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pretraining.data import GpuBatchRenderer, RenderKeys, make_dataset  # noqa: E402
-from fractals.ifs import sample_bank  # noqa: E402
-from fractals.render import RenderConfig, render_key  # noqa: E402
-from fractals.render_torch import hash32, render_batch  # noqa: E402
+from fractals.ifs import sample_bank
+from fractals.render import RenderConfig, render_key
+from fractals.render_torch import hash32, render_batch
+from pretraining.data import GpuBatchRenderer, RenderKeys, make_dataset
 
 
 def lowbias32(x: int) -> int:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-
 from conftest import compose_config
+
 from detection import imagenet_offline as offline
 from detection.backbone import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.detect import resolve_backbone
@@ -146,6 +146,7 @@ def test_script_writes_the_export_and_checks_it(tmp_path):
 def test_detect_run_logs_the_weights_origin_and_input_scaling(tiny_config):
     """A real (tiny) PatchCore job on the offline ImageNet arm: MLflow knows which weights it used."""
     from conftest import runs_of
+
     from pipeline.job import run_pipeline
 
     cfg = tiny_config("backbone=imagenet_offline", "detector=patchcore", "detector.log_images=0")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import mlflow
-
 from conftest import runs_of
+
 from pipeline import tracking
 from pipeline.job import run_pipeline
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import timm
 import torch
-
 from conftest import runs_of
+
 from pipeline.job import run_pipeline
 
 
@@ -127,6 +127,7 @@ def test_a_job_gives_the_same_result_alone_and_after_another_job(tmp_path, data_
     """Random-init PaDiM (its init and its random channel subset both draw from the RNG) run alone in
     a fresh state, then again as the second job of an in-process sequence: identical scores."""
     from conftest import compose_config
+
     from detection.layers import feature_layers
 
     def job(name: str, *overrides: str):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY, runs_of
+
 from pipeline.generate import generate
 from pipeline.pretrain import check_pretrain_config, pretrain
 from pretraining.data import random_crop

@@ -15,11 +15,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY, runs_of
 from scipy import stats
 
-from conftest import TINY, runs_of
-from pipeline import report
 from detection.metrics import HEADLINE, VALIDATION
+from pipeline import report
 from run import ROOT
 
 CATEGORIES = ["tiles", "washer", "weave"]
@@ -197,6 +197,7 @@ def test_missing_metric_columns_are_dashes_never_zero(tmp_path):
 
 def test_pretrain_hash_names_the_recipe_not_the_seed_or_the_bookkeeping(tmp_path):
     from conftest import compose_config
+
     from pipeline.config import pretrain_hash
 
     def h(*overrides):
@@ -246,9 +247,8 @@ def test_collect_and_compare_script_on_a_real_store(tmp_path):
 
 @pytest.mark.parametrize("backbone", ["fractal", "imagenet_offline", "random"])
 def test_main_experiment_is_three_sources_on_one_architecture(backbone, tmp_path):
-    from hydra import compose, initialize_config_dir
-
     from conftest import CONF_DIR
+    from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=["+experiment=compare_builtin", f"backbone={backbone}",

@@ -17,13 +17,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import timm
+from conftest import CONF_DIR, TINY, compose_config
 from hydra import compose, initialize_config_dir
 
-from conftest import CONF_DIR, TINY, compose_config
 from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
-from pipeline.detect import resolve_backbone
-from pipeline.detect import detect
 from detection.layers import feature_layers, resolve_layers
+from pipeline.detect import detect, resolve_backbone
 from pipeline.job import run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,9 +54,8 @@ RULE = {"fractal": "trained", "imagenet_offline": "trained", "imagenet": "traine
 
 @pytest.mark.parametrize("experiment", ["compare_builtin", "study_builtin", "study_mvtec", "study_visa"])
 def test_every_study_experiment_feeds_fractal_backbones_the_same_normalisation(experiment, tmp_path):
-    from hydra import compose, initialize_config_dir
-
     from conftest import CONF_DIR
+    from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         for backbone in ("fractal", "random"):

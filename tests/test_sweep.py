@@ -7,8 +7,8 @@ import sys
 
 import pandas as pd
 import pytest
-
 from conftest import TINY, runs_of
+
 from run import ROOT
 
 pytestmark = pytest.mark.slow

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CONF_DIR, compose_config
 from hydra import compose, initialize_config_dir
 
-from conftest import CONF_DIR, compose_config
 from detection.backbone import IMAGENET_MEAN, BackboneError
-from pipeline.detect import resolve_backbone
 from detection.layers import resolve_layers
+from pipeline.detect import resolve_backbone
 
 
 def study(tmp_path, experiment: str, backbone: str):
