@@ -19,17 +19,16 @@ from pathlib import Path
 import hydra
 import lightning as L
 import mlflow
-import numpy as np
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 
 from console.errors import ConfigError
 from console.logs import log
 from console.progress import StepProgress
 from detection.export import write_export
 from pipeline.generate import load_bank
-from pretraining.callbacks import RngState
+from pretraining.callbacks import FirstBatchAndDataWait, RngState
 from pretraining.data import TRAIN, VAL, FractalDataModule, make_dataset
 from pretraining.model import FractalClassifier
 
@@ -38,57 +37,6 @@ from pretraining.model import FractalClassifier
 class PretrainRecord:
     export_dir: Path
     metrics: dict[str, float]
-
-
-class MlflowMetrics(L.Callback):
-    """Lightning's logged metrics to the active MLflow run (rank zero only), a grid of the first
-    training batch as the network sees it, and how long training waited for data."""
-
-    def __init__(self, out_dir: Path, mean, std, every_n_steps: int = 25):
-        self.out_dir, self.mean, self.std, self.every_n_steps = out_dir, mean, std, every_n_steps
-        self.data_wait = 0.0
-        self._batch_end = None
-        self.grid_path: Path | None = None
-
-    @staticmethod
-    def _send(trainer: L.Trainer, suffix_filter: str | None = None) -> None:
-        if trainer.global_rank != 0 or not mlflow.active_run():
-            return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
-                   if v.numel() == 1 and (suffix_filter is None or k.endswith(suffix_filter))}
-        metrics["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
-        mlflow.log_metrics(metrics, step=trainer.global_step)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self._batch_end is not None:  # time between the end of a step and the next batch's arrival
-            self.data_wait += time.perf_counter() - self._batch_end
-        if self.grid_path is None and trainer.global_rank == 0:
-            self.grid_path = self._save_grid(batch[0])
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._batch_end = time.perf_counter()
-        if trainer.global_step % self.every_n_steps == 0:
-            self._send(trainer, suffix_filter="_step")
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        self._batch_end = None  # the pause between epochs includes validation, not data loading
-        self._send(trainer)
-
-    def _save_grid(self, x) -> Path:
-        x = x[:32].detach().float().cpu().numpy()
-        x = x * np.asarray(self.std, dtype=np.float32)[:, None, None] + np.asarray(self.mean, dtype=np.float32)[:, None, None]
-        tiles = (np.clip(x, 0, 1) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
-        cols = 8
-        rows = -(-len(tiles) // cols)
-        pad = np.zeros((rows * cols - len(tiles), *tiles.shape[1:]), dtype=np.uint8)
-        tiles = np.concatenate([tiles, pad]).reshape(rows, cols, *tiles.shape[1:])
-        grid = tiles.transpose(0, 2, 1, 3, 4).reshape(rows * tiles.shape[2], cols * tiles.shape[3], 3)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / "train_batch.png"
-        Image.fromarray(grid).save(path)
-        if mlflow.active_run():
-            mlflow.log_artifact(str(path), "samples")
-        return path
 
 
 def check_pretrain_config(p: DictConfig, world: int) -> int:
@@ -133,13 +81,18 @@ def pretrain(cfg: DictConfig, bank_path: str | Path, out_dir: str | Path) -> Pre
                           f"images per epoch; lower it or raise pretrain.renders_per_system.")
 
     ckpt_dir = out_dir / "checkpoints"
-    monitor = MlflowMetrics(out_dir, mean, std)
-    trainer = L.Trainer(**t, max_steps=p.max_steps, default_root_dir=out_dir, logger=False,
+    monitor = FirstBatchAndDataWait(out_dir / "train_batch.png", mean, std)
+    # Lightning's own MLflow logger writes into this stage's run (rank zero only; ranks started by
+    # DDP have no active run and log nothing); the learning rate under the name "lr"
+    active = mlflow.active_run()
+    logger = MLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=active.info.run_id) if active else False
+    trainer = L.Trainer(**t, max_steps=p.max_steps, default_root_dir=out_dir, logger=logger,
                         use_distributed_sampler=False, check_val_every_n_epoch=p.val_every_n_epochs,
-                        log_every_n_steps=10, enable_model_summary=cfg.get("verbose", False),
+                        log_every_n_steps=min(25, p.max_steps), enable_model_summary=cfg.get("verbose", False),
                         callbacks=[monitor, RngState(), StepProgress("pretrain", unit="step"), ModelCheckpoint(
                             dirpath=ckpt_dir, every_n_train_steps=p.checkpoint_every_n_steps,
-                            save_last=True, save_top_k=0)])
+                            save_last=True, save_top_k=0),
+                                   *([LearningRateMonitor(logging_interval="step")] if logger else [])])
     module = FractalClassifier(cfg.backbone.arch, bank.num_classes,
                                optimizer=hydra.utils.instantiate(p.optimizer, _partial_=True),
                                schedule=p.schedule, lr_milestones=list(p.lr_milestones),
@@ -159,8 +112,10 @@ def pretrain(cfg: DictConfig, bank_path: str | Path, out_dir: str | Path) -> Pre
             "seed": cfg.seed, "arch": cfg.backbone.arch, "global_step": trainer.global_step,
             "bank": str(bank_path), "fractal": OmegaConf.to_container(cfg.fractal, resolve=True),
             "pretrain": OmegaConf.to_container(p, resolve=True)}})
-        if mlflow.active_run():
+        if active:
             mlflow.log_metrics(metrics, step=trainer.global_step)
+            if monitor.grid_path:
+                mlflow.log_artifact(str(monitor.grid_path), "samples")
             if p.log_export:
                 mlflow.log_artifacts(str(export_dir), "backbone")
         log.info(f"pretrain: {trainer.global_step} steps in {seconds:.0f} s: training "

@@ -1,12 +1,16 @@
-"""Lightning callbacks of pre-training that no library provides."""
+"""Lightning callbacks of pre-training that no library provides (metrics and the learning rate go
+through Lightning's logger and LearningRateMonitor)."""
 
 from __future__ import annotations
 
 import random
+import time
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+from torchvision.utils import make_grid, save_image
 
 
 class RngState(L.Callback):
@@ -32,3 +36,31 @@ class RngState(L.Callback):
         np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
         version, py_state, py_gauss = state["python"]
         random.setstate((version, tuple(py_state), py_gauss))
+
+
+class FirstBatchAndDataWait(L.Callback):
+    """Saves the first training batch as the network sees it (de-normalised, 8 per row) to ``path``,
+    and adds up how long training waited for data (``data_wait`` seconds: from the end of a step to
+    the arrival of the next batch, validation pauses excluded). Rank zero only."""
+
+    def __init__(self, path: Path, mean, std):
+        self.path, self.mean, self.std = Path(path), mean, std
+        self.data_wait = 0.0
+        self._batch_end: float | None = None
+        self.grid_path: Path | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._batch_end is not None:
+            self.data_wait += time.perf_counter() - self._batch_end
+        if self.grid_path is None and trainer.global_rank == 0:
+            x = batch[0][:32].detach().float().cpu()
+            x = x * torch.tensor(self.std).view(-1, 1, 1) + torch.tensor(self.mean).view(-1, 1, 1)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_image(make_grid(x.clamp(0, 1), nrow=8, padding=0), self.path)
+            self.grid_path = self.path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._batch_end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._batch_end = None  # the pause between epochs includes validation, not data loading

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
+from torchmetrics.classification import MulticlassAccuracy
 
 from console.errors import ConfigError
 
@@ -42,6 +43,9 @@ class FractalClassifier(L.LightningModule):
                             switch_prob=mix.get("switch_prob", 0.5), num_classes=num_classes)
                       if mix.get("mixup_alpha", 0.0) > 0 or mix.get("cutmix_alpha", 0.0) > 0 else None)
         self.label_smoothing = mix.get("label_smoothing", 0.0)
+        # one per split: the running state of training must not mix with validation's
+        self.train_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -64,10 +68,11 @@ class FractalClassifier(L.LightningModule):
         self._log("val", F.cross_entropy(logits, y), logits, y)
 
     def _log(self, split: str, loss, logits, y) -> None:
-        acc = (logits.argmax(1) == y).float().mean()
+        accuracy = getattr(self, f"{split}_accuracy")
+        accuracy(logits, y)  # a torchmetrics Metric: Lightning syncs and resets it per epoch
         on_step = split == "train"
         self.log(f"{split}_loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, sync_dist=True)
-        self.log(f"{split}_acc", acc, prog_bar=True, on_step=on_step, on_epoch=True, sync_dist=True)
+        self.log(f"{split}_acc", accuracy, prog_bar=True, on_step=on_step, on_epoch=True)
 
     def configure_optimizers(self):
         opt = self.optimizer_factory(self.parameters())
@@ -86,4 +91,5 @@ class FractalClassifier(L.LightningModule):
                 return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
             sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        # "name": what LearningRateMonitor logs it as
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}

@@ -60,7 +60,12 @@ def test_stage_runs_carry_params_metrics_artifacts_and_lineage(two_runs):
         return out
 
     assert "fractals/preview.png" in artifacts(generate["run_id"])
-    assert {"config.yaml", "backbone/config.json", "backbone/model.safetensors"} <= set(artifacts(pretrain["run_id"]))
+    assert {"config.yaml", "backbone/config.json", "backbone/model.safetensors",
+            "samples/train_batch.png"} <= set(artifacts(pretrain["run_id"]))
+    # Lightning's MLflow logger and LearningRateMonitor write into the stage run: the schedule's lr
+    # (step decay at 30% and 60% of 4 steps: 0.1 -> 0.01 -> 0.001 before the last step)
+    lr = client.get_metric_history(pretrain["run_id"], "lr")
+    assert lr and lr[0].value == pytest.approx(0.001) and lr[0].step == 3
     detect_files = artifacts(detect["run_id"])
     assert {"metrics.csv", "predictions.csv", "roc.png", "config.yaml"} <= set(detect_files)
     assert len([f for f in detect_files if f.startswith("anomaly_maps/")]) == 2
