@@ -27,6 +27,7 @@ FILL_SAMPLE = 64  # systems whose fill ratio is measured and logged (a sanity fi
 
 @dataclass
 class GenerateRecord:
+    bank: SystemBank
     bank_path: Path
     preview_path: Path
     num_classes: int
@@ -52,19 +53,27 @@ def check_fractal_config(f: DictConfig) -> None:
     render_config(f)  # RenderConfig validates its own fields
 
 
-def generate(cfg: DictConfig, out_dir: str | Path) -> GenerateRecord:
-    """Sample ``fractal.num_classes x fractal.systems_per_class`` systems into ``out_dir``."""
+def sample_configured_bank(cfg: DictConfig) -> SystemBank:
+    """The IFS systems of the ``fractal`` group and ``seed``: a pure function of both, so every DDP
+    rank samples the same bank itself instead of waiting for rank 0's file."""
     f = cfg.fractal
     check_fractal_config(f)
-    out_dir = Path(out_dir)
     sampler = f.get("sampler", "anderson_farrell")
     sampler_args = dict(f.get("fractaldb") or {}) if sampler == "fractaldb" else {}
     if "maps" in sampler_args:
         sampler_args["maps"] = tuple(sampler_args["maps"])
     meta = {"family": f.get("family", "fractals"), "fractal": OmegaConf.to_container(f, resolve=True)}
-    start = time.perf_counter()
-    bank = sample_bank(f.num_classes, f.systems_per_class, seed=cfg.seed, sampler=sampler, meta=meta,
+    return sample_bank(f.num_classes, f.systems_per_class, seed=cfg.seed, sampler=sampler, meta=meta,
                        **sampler_args)
+
+
+def generate(cfg: DictConfig, out_dir: str | Path) -> GenerateRecord:
+    """Sample ``fractal.num_classes x fractal.systems_per_class`` systems, store them in ``out_dir``
+    (an artifact: the pretrain stage takes the bank from the record) with a preview grid."""
+    f = cfg.fractal
+    out_dir = Path(out_dir)
+    start = time.perf_counter()
+    bank = sample_configured_bank(cfg)
     sample_s = time.perf_counter() - start
     bank_path = bank.save(out_dir / "systems.npz")
 
@@ -82,7 +91,7 @@ def generate(cfg: DictConfig, out_dir: str | Path) -> GenerateRecord:
                             "fill_ratio_median": float(np.median(fills))})
         mlflow.log_artifact(str(bank_path), "fractals")
         mlflow.log_artifact(str(preview_path), "fractals")
-    return GenerateRecord(bank_path, preview_path, bank.num_classes, len(bank))
+    return GenerateRecord(bank, bank_path, preview_path, bank.num_classes, len(bank))
 
 
 def load_bank(path: str | Path) -> SystemBank:

@@ -23,19 +23,19 @@ from pipeline.sweep import SWEEP_RUN_ENV
 
 def train_fractal_backbone(cfg: DictConfig, out_dir: Path, tags: dict) -> tuple[Path | None, str | None]:
     """The generate and pretrain stages; returns the export folder and the pretrain run id."""
-    bank_path = export_dir = run_id = None
+    generated = export_dir = run_id = None
     if "generate" in cfg.stages:
         L.seed_everything(cfg.seed, workers=True)
         with tracking.stage_run("generate", cfg, groups=("fractal",), tags=tags):
-            bank_path = generate(cfg, out_dir / "fractals").bank_path
+            generated = generate(cfg, out_dir / "fractals")
     if "pretrain" in cfg.stages:
-        if bank_path is None:
+        if generated is None:
             raise ConfigError("the pretrain stage needs the generate stage in the same call: "
                               "stages=[generate,pretrain,...]")
         L.seed_everything(cfg.seed, workers=True)
         with tracking.stage_run("pretrain", cfg, groups=("fractal", "pretrain", "backbone", "trainer"),
                                 tags=tags, system_metrics=cfg.mlflow.system_metrics) as run:
-            export_dir = pretrain(cfg, bank_path, out_dir / "pretrain").export_dir
+            export_dir = pretrain(cfg, generated.bank, out_dir / "pretrain", generated.bank_path).export_dir
             run_id = run.info.run_id
     return export_dir, run_id
 

@@ -4,7 +4,6 @@ and the Hydra callback that converts the offline ImageNet weights once, before a
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +14,7 @@ from omegaconf import DictConfig
 from console.errors import ConfigError
 from detection.imagenet_offline import ensure_imagenet_export
 from pipeline.config import is_multirun, makes_fractal_weights
+from pipeline.generate import sample_configured_bank
 from pipeline.pretrain import pretrain
 
 
@@ -28,20 +28,14 @@ def is_secondary_rank() -> bool:
     return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
 
 
-def join_pretraining(cfg: DictConfig, timeout_s: float = 900.0) -> None:
-    """A secondary rank: wait for rank 0's fractal bank, then train alongside it. Rank 0 alone
-    samples fractals, talks to MLflow, exports and runs detection."""
-    out_dir = Path(cfg.paths.output_dir)
-    bank = out_dir / "fractals" / "systems.npz"
-    deadline = time.monotonic() + timeout_s
-    while not bank.is_file():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"rank 0 wrote no fractal bank at {bank} within {timeout_s:.0f} s")
-        time.sleep(1.0)
+def join_pretraining(cfg: DictConfig) -> None:
+    """A secondary rank: sample the same fractal bank as rank 0 (a pure function of seed and config),
+    then train alongside it. Rank 0 alone writes files, talks to MLflow, exports and runs detection."""
+    bank = sample_configured_bank(cfg)
     # ranks started by torchrun/SLURM are not seeded by Lightning (only its own launcher passes
     # PL_GLOBAL_SEED on); seed as rank 0 does right before its pretrain stage
     L.seed_everything(cfg.seed, workers=True)
-    pretrain(cfg, bank, out_dir / "pretrain")
+    pretrain(cfg, bank, Path(cfg.paths.output_dir) / "pretrain")
 
 
 def check_launch(cfg: DictConfig) -> None:

@@ -27,7 +27,7 @@ from console.errors import ConfigError
 from console.logs import log
 from console.progress import StepProgress
 from detection.export import write_export
-from pipeline.generate import load_bank
+from fractals.ifs import SystemBank
 from pretraining.callbacks import FirstBatchAndDataWait, RngState
 from pretraining.data import TRAIN, VAL, FractalDataModule, make_dataset
 from pretraining.model import FractalClassifier
@@ -66,12 +66,13 @@ def resume_checkpoint(p: DictConfig, ckpt_dir: Path) -> str | None:
                       f"(<job>/pretrain/checkpoints/last.ckpt) or 'auto'.")
 
 
-def pretrain(cfg: DictConfig, bank_path: str | Path, out_dir: str | Path) -> PretrainRecord:
+def pretrain(cfg: DictConfig, bank: SystemBank, out_dir: str | Path, bank_path: str | Path | None = None) -> PretrainRecord:
+    """Train ``backbone.arch`` from scratch on renders of ``bank`` (``bank_path``: where the generate
+    stage stored it, recorded in the export) and export it under ``out_dir/backbone``."""
     p, t = cfg.pretrain, cfg.trainer
     devices = t.devices if isinstance(t.devices, int) else len(t.devices)
     per_device = check_pretrain_config(p, max(devices, 1) * t.get("num_nodes", 1))
     out_dir = Path(out_dir)
-    bank = load_bank(bank_path)
     mean, std = [float(v) for v in p.mean], [float(v) for v in p.std]
     data = FractalDataModule(make_dataset(cfg.fractal, bank, cfg.seed, p.renders_per_system, TRAIN, mean, std),
                              make_dataset(cfg.fractal, bank, cfg.seed, p.val_renders_per_system, VAL, mean, std),
@@ -110,7 +111,7 @@ def pretrain(cfg: DictConfig, bank_path: str | Path, out_dir: str | Path) -> Pre
     if trainer.global_rank == 0:
         write_export(module.model, export_dir, mean, std, {"fractal.json": {
             "seed": cfg.seed, "arch": cfg.backbone.arch, "global_step": trainer.global_step,
-            "bank": str(bank_path), "fractal": OmegaConf.to_container(cfg.fractal, resolve=True),
+            "bank": str(bank_path) if bank_path else None, "fractal": OmegaConf.to_container(cfg.fractal, resolve=True),
             "pretrain": OmegaConf.to_container(p, resolve=True)}})
         if active:
             mlflow.log_metrics(metrics, step=trainer.global_step)

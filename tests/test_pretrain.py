@@ -9,9 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import TINY, runs_of
+from conftest import TINY, compose_config, runs_of
 
 from pipeline.generate import generate
 from pipeline.pretrain import check_pretrain_config, pretrain
@@ -23,7 +24,7 @@ def test_training_learns_a_five_class_fractal_problem(tiny_config, tmp_path):
     cfg = tiny_config("fractal.num_classes=5", "pretrain.max_steps=100", "pretrain.batch_size=20",
                       "pretrain.renders_per_system=20", "pretrain.val_renders_per_system=8",
                       "pretrain.val_every_n_epochs=5", "pretrain.optimizer.lr=0.05")
-    record = pretrain(cfg, generate(cfg, tmp_path / "fractals").bank_path, tmp_path / "pretrain")
+    record = pretrain(cfg, generate(cfg, tmp_path / "fractals").bank, tmp_path / "pretrain")
     # chance is 20% and ln(5) = 1.61 nats; held-out renders are classified well above chance
     assert record.metrics["val_acc"] > 0.45, record.metrics
     assert record.metrics["train_loss_epoch"] < 1.3, record.metrics
@@ -37,13 +38,13 @@ def test_heavy_augmentation_recipe_trains(tiny_config, tmp_path):
                       "fractal.render.n_points=2000", "pretrain.max_steps=4", "pretrain.batch_size=8",
                       "pretrain.renders_per_system=4", "pretrain.val_renders_per_system=2", "pretrain.warmup_steps=2",
                       "pretrain.crop_size=24")
-    record = pretrain(cfg, generate(cfg, tmp_path / "fractals").bank_path, tmp_path / "pretrain")
+    record = pretrain(cfg, generate(cfg, tmp_path / "fractals").bank, tmp_path / "pretrain")
     assert record.metrics["global_step"] == 4 and torch.isfinite(torch.tensor(record.metrics["train_loss_epoch"]))
 
 
 def test_torch_renderer_feeds_training_whole_batches_on_the_device(tiny_config, tmp_path):
     cfg = tiny_config("fractal.renderer=torch", "pretrain.max_steps=3", "pretrain.crop_size=24")
-    record = pretrain(cfg, generate(cfg, tmp_path / "fractals").bank_path, tmp_path / "pretrain")
+    record = pretrain(cfg, generate(cfg, tmp_path / "fractals").bank, tmp_path / "pretrain")
     assert record.metrics["global_step"] == 3
     from PIL import Image
 
@@ -161,3 +162,16 @@ def test_cosine_schedule_starts_at_warmup_lr_ends_at_min_lr_and_mixup_probabilit
     assert ofdb[9] == pytest.approx(0.1) and min(ofdb) >= 1e-5
     assert ofdb[-1] == pytest.approx(1e-5 + (0.1 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 89 / 90)))
     assert module.mixup.mix_prob == 0.8 and module.mixup.switch_prob == 0.5
+
+
+def test_a_secondary_rank_samples_the_bank_rank_zero_stored(tmp_path):
+    """DDP ranks > 0 sample the bank themselves (no waiting for rank 0's file): it must be the very
+    bank rank 0's generate stage wrote, for every sampler."""
+    from pipeline.generate import load_bank, sample_configured_bank
+
+    for sampler in ("anderson_farrell", "fractaldb"):
+        cfg = compose_config(tmp_path / sampler, f"fractal.sampler={sampler}", "fractal.systems_per_class=2")
+        stored = load_bank(generate(cfg, tmp_path / sampler / "fractals").bank_path)
+        mine = sample_configured_bank(cfg)
+        for field in ("A", "b", "n_maps", "labels"):
+            np.testing.assert_array_equal(getattr(mine, field), getattr(stored, field))
