@@ -71,17 +71,27 @@ def dataset_has_masks(d: DictConfig) -> bool:
     return d.name != "folder" or bool(d.get("mask_dir"))
 
 
-def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path) -> DetectRecord:
+def prepare_dataset(d: DictConfig) -> Path:
+    """Everything about the ``dataset`` group that can fail before a model exists: the input size and
+    crop, the built-in dataset (built on first use), the layout on disk, a validation split that is
+    not the test set. The pipeline calls it before any stage, so a wrong root costs no pre-training."""
+    input_transform(d.image_size, d.get("crop"), (0.5,) * 3, (0.5,) * 3)
+    if d.name == "builtin":
+        make_builtin_dataset(d.root, **d.builtin)
+    folder = validate_dataset(d)
+    leakage_guard(d.datamodule.get("val_split_mode", "same_as_test"))
+    return folder
+
+
+def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path, dataset_prepared: bool = False) -> DetectRecord:
     """Build, fit and test the configured detector on ``backbone``; log metrics and files to the
-    active MLflow run (if any)."""
+    active MLflow run (if any). ``dataset_prepared``: ``prepare_dataset`` already ran in this call."""
     from anomalib.pre_processing import PreProcessor
 
     d = cfg.dataset
+    if not dataset_prepared:
+        prepare_dataset(d)
     pre_processor = PreProcessor(transform=input_transform(d.image_size, d.get("crop"), backbone.mean, backbone.std))
-    if d.name == "builtin":
-        make_builtin_dataset(d.root, **d.builtin)
-    validate_dataset(d)
-    leakage_guard(d.datamodule.get("val_split_mode", "same_as_test"))
 
     # Seeded right before the first random draw of the stage (random init, PaDiM's channel subset, the
     # students/flows/decoders), so nothing that ran before in this process (another sweep job, the

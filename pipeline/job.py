@@ -15,7 +15,7 @@ from detection.metrics import HEADLINE, format_table
 from pipeline import tracking
 from pipeline.backbones import shared_fractal_backbone
 from pipeline.config import check_job, config_hash, is_multirun, makes_fractal_weights, pretrain_hash
-from pipeline.detect import detect, resolve_backbone
+from pipeline.detect import detect, prepare_dataset, resolve_backbone
 from pipeline.generate import generate
 from pipeline.pretrain import pretrain
 from pipeline.sweep import SWEEP_RUN_ENV
@@ -59,6 +59,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     with mlflow.start_run(run_name=tracking.run_name(cfg),
                           parent_run_id=sweep_run_id, tags={**tags, "stage": "pipeline"}):
         mlflow.log_text(resolved, "config.yaml")
+        if "detect" in cfg.stages:
+            prepare_dataset(cfg.dataset)  # a wrong dataset fails here, not after a pre-training
         # fractal weights are made here unless an export was given; other backbones skip to detect
         if makes_fractal_weights(cfg):
             reuse = is_multirun() if cfg.pretrain.reuse == "auto" else cfg.pretrain.reuse
@@ -74,7 +76,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
                 mlflow.set_tags({"weights": backbone.weights, "normalization": cfg.backbone.normalization})
                 mlflow.log_params({"input_mean": str(backbone.mean), "input_std": str(backbone.std),
                                    "weights_origin": backbone.weights})  # e.g. timm hub timm/<arch>.<tag>
-                metrics = detect(cfg, backbone, out_dir / "detect").metrics
+                metrics = detect(cfg, backbone, out_dir / "detect", dataset_prepared=True).metrics
             mlflow.log_metrics({k: metrics[k] for k in HEADLINE if k in metrics})
             log.info("\n" + format_table([{**tags, **metrics}]) + "\n")
     return metrics

@@ -18,11 +18,11 @@ from pipeline.job import run_pipeline
 from run import ROOT
 
 
-def failed_runs(cfg, error, match):
+def failed_runs(cfg, error, match, stages: int = 1):
     with pytest.raises(error, match=match):
         run_pipeline(cfg)
     runs = runs_of(cfg.mlflow.tracking_uri)
-    assert len(runs) >= 2, "the parent and the failing stage run were both opened"
+    assert len(runs) >= 1 + stages, "the parent and the failing stage run were both opened"
     assert set(runs["status"]) <= {"FAILED", "FINISHED"}
     return runs
 
@@ -33,17 +33,16 @@ def test_unknown_detector_is_rejected_at_composition_with_the_valid_names(tmp_pa
     assert "patchkore" in str(err.value) and "patchcore" in str(err.value)
 
 
-def test_missing_dataset_root_fails_the_detect_run(tiny_config, tmp_path):
-    cfg = tiny_config("backbone=random", "dataset=mvtec", f"dataset.root={tmp_path}/nowhere")
-    runs = failed_runs(cfg, DatasetError, "dataset.root")
-    detect = runs[runs["tags.stage"] == "detect"]
-    assert list(detect["status"]) == ["FAILED"]
-    assert list(runs[runs["tags.stage"] == "pipeline"]["status"]) == ["FAILED"]
-    assert not (tmp_path / "job" / "detect" / "metrics.csv").exists()
+def test_missing_dataset_root_fails_before_any_pretraining(tiny_config, tmp_path):
+    """The dataset is checked first: a wrong root costs no fractal generation or pre-training."""
+    cfg = tiny_config("backbone=fractal", "dataset=mvtec", f"dataset.root={tmp_path}/nowhere")
+    runs = failed_runs(cfg, DatasetError, "dataset.root", stages=0)
+    assert list(runs["tags.stage"]) == ["pipeline"] and list(runs["status"]) == ["FAILED"]
+    assert not (tmp_path / "job" / "fractals").exists() and not (tmp_path / "job" / "detect").exists()
 
 
 def test_unknown_category_lists_the_valid_ones(tiny_config):
-    runs = failed_runs(tiny_config("backbone=random", "dataset.category=carpet"), DatasetError, "weave")
+    runs = failed_runs(tiny_config("backbone=random", "dataset.category=carpet"), DatasetError, "weave", stages=0)
     assert set(runs["status"]) == {"FAILED"}
 
 
@@ -54,7 +53,7 @@ def test_invalid_render_size_fails_the_generate_run(tiny_config):
 
 
 def test_invalid_detector_input_size_is_named(tiny_config):
-    failed_runs(tiny_config("backbone=random", "dataset.image_size=-5"), ConfigError, "dataset.image_size")
+    failed_runs(tiny_config("backbone=random", "dataset.image_size=-5"), ConfigError, "dataset.image_size", stages=0)
 
 
 def test_missing_imagenet_weights_fail_fast_and_say_how_to_provide_them(tiny_config):
