@@ -7,7 +7,7 @@ pipeline) and stores the points (float32) so that the window is the bounding box
 as in the reference; the dihedral flip is folded into the point -> pixel transform.
 
 Randomness: a render is a pure function of (system, 64-bit key, config). The kernel expands the key
-with splitmix64 into a fixed layout of draws (``_DRAW_*``), drawn whether or not the option using
+with splitmix64 into a fixed layout of draws (``DRAW_*``), drawn whether or not the option using
 them is on, so switching one option (flip, blur, ...) leaves every other draw, and the walk,
 unchanged. Each walker step takes 16 bits of a splitmix64 output and picks a map through an
 8192-entry table: p_k proportional to |det A_k| to within 1/8192
@@ -49,10 +49,13 @@ M64 = (1 << 64) - 1
 _LITTLE_ENDIAN = sys.byteorder == "little"
 JITTER_TRIES = 4  # Anderson & Farrell / Ugwu et al.: up to four draws before rendering unjittered
 
-# the fixed layout of per-render draws (see the module docstring)
-(_DRAW_JITTER_MAP, _DRAW_JITTER_FACTOR, _DRAW_WALK, _DRAW_SHIFT_X, _DRAW_SHIFT_Y, _DRAW_SCALE,
- _DRAW_PATCH, _DRAW_FLIP, _DRAW_HUE, _DRAW_SAT, _DRAW_VAL, _DRAW_BLUR, _DRAW_SIGMA, _DRAW_BG,
- _DRAW_BG_HUE, _DRAW_BG_SAT, _DRAW_BG_VAL, _DRAW_BG_ROUGH, _DRAW_SCALE_Y, N_DRAWS) = range(20)
+# The public draw contract, shared with render_torch (the GPU renderer): every per-render choice is
+# read from render_draws(key) at these fixed indices (see the module docstring), and the helpers
+# jittered, map_table, start_point, pixel_transform, patch_mask, colour_params and colour_bytes are
+# this module's API for it, not internals: change them and both renderers change together.
+(DRAW_JITTER_MAP, DRAW_JITTER_FACTOR, DRAW_WALK, DRAW_SHIFT_X, DRAW_SHIFT_Y, DRAW_SCALE,
+ DRAW_PATCH, DRAW_FLIP, DRAW_HUE, DRAW_SAT, DRAW_VAL, DRAW_BLUR, DRAW_SIGMA, DRAW_BG,
+ DRAW_BG_HUE, DRAW_BG_SAT, DRAW_BG_VAL, DRAW_BG_ROUGH, DRAW_SCALE_Y, N_DRAWS) = range(20)
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,7 @@ def _spectral_norm2(a, b, c, d):
 
 
 @numba.njit(cache=True)
-def _jittered(A, b, enabled, seed):
+def jittered(A, b, enabled, seed):
     """Copy of the system with one random map (A_k and b_k) scaled by U(0.8, 1.1), as the
     reference does: up to ``JITTER_TRIES`` draws, a draw rejected if any map's largest singular
     value then exceeds 1; the system unchanged if all are rejected."""
@@ -173,7 +176,7 @@ def _jittered(A, b, enabled, seed):
 
 
 @numba.njit(cache=True)
-def _table(A):
+def map_table(A):
     """Map-choice table: 2^13 entries holding map k in proportion to |det A_k| (largest-remainder
     rounding), each map with at least one entry. A map's probability is then within 1/8192 of
     p_k, and within 1/1024 even for the map that gives entries to degenerate (det = 0) maps; no
@@ -208,12 +211,12 @@ def _table(A):
 
 def choice_probabilities(A: np.ndarray) -> np.ndarray:
     """The probability with which the kernel picks each map of ``A`` (for tests)."""
-    table = _table(np.ascontiguousarray(A, dtype=np.float64))
+    table = map_table(np.ascontiguousarray(A, dtype=np.float64))
     return np.bincount(table, minlength=len(A)) / len(table)
 
 
 @numba.njit(cache=True)
-def _start_point(A, b):
+def start_point(A, b):
     # x* = (I - A_1)^-1 b_1 is on the attractor of a contractive system: no burn-in needed.
     m00, m01, m10, m11 = 1.0 - A[0, 0, 0], -A[0, 0, 1], -A[0, 1, 0], 1.0 - A[0, 1, 1]
     det = m00 * m11 - m01 * m10
@@ -239,12 +242,12 @@ def _walk(A, b, n, state):
     M = 8
     if A.shape[0] > M:
         raise ValueError("at most 8 maps per system")
-    table = _table(A)
+    table = map_table(A)
     co = np.zeros((M, 6))
     for k in range(A.shape[0]):
         co[k, 0], co[k, 1], co[k, 2] = A[k, 0, 0], A[k, 0, 1], b[k, 0]
         co[k, 3], co[k, 4], co[k, 5] = A[k, 1, 0], A[k, 1, 1], b[k, 1]
-    x, y = _start_point(A, b)
+    x, y = start_point(A, b)
     x0 = x1 = x2 = x3 = x
     y0 = y1 = y2 = y3 = y
     steps = (n + _WALKERS - 1) // _WALKERS
@@ -286,7 +289,7 @@ def _bin(pts, px, hist):
     elif px[0, 0] == 0.0 and px[1, 1] == 0.0:
         jx, cx, ry = np.uint64(1), px[0, 1], px[1, 0]
     else:
-        raise ValueError("_bin takes a window with a dihedral flip, as _pixel_transform makes")
+        raise ValueError("_bin takes a window with a dihedral flip, as pixel_transform makes")
     jy = np.uint64(1) - jx
     c2, r2 = px[0, 2] + 2.0, px[1, 2] + 2.0  # shifted by the 2-pixel margin
     flat = hist.ravel()
@@ -307,7 +310,7 @@ def _bin(pts, px, hist):
 
 
 @numba.njit(cache=True)
-def _pixel_transform(x0, y0, sx, sy, size, flip_code):
+def pixel_transform(x0, y0, sx, sy, size, flip_code):
     """(column, row) = px @ (x, y, 1): the window (``sx``, ``sy`` pixels per unit on each axis),
     then the dihedral element ``flip_code`` (three bits: swap axes, mirror rows, mirror columns;
     together all eight)."""
@@ -445,9 +448,9 @@ def _blur3(out, sigma):
 def _paint_background(out, counts, d):
     """Diamond-square plasma in a random colour wherever ``counts`` is 0 (the fractal stays on top)."""
     size, C = out.shape[0], out.shape[2]
-    plasma = _diamond_square(size, d[_DRAW_BG], 0.45 + 0.25 * _unit(d[_DRAW_BG_ROUGH]))
-    bh, bs = _unit(d[_DRAW_BG_HUE]), 0.3 + 0.7 * _unit(d[_DRAW_BG_SAT])
-    bv = 0.2 + 0.4 * _unit(d[_DRAW_BG_VAL])
+    plasma = _diamond_square(size, d[DRAW_BG], 0.45 + 0.25 * _unit(d[DRAW_BG_ROUGH]))
+    bh, bs = _unit(d[DRAW_BG_HUE]), 0.3 + 0.7 * _unit(d[DRAW_BG_SAT])
+    bv = 0.2 + 0.4 * _unit(d[DRAW_BG_VAL])
     for i in range(size):
         for j in range(size):
             if counts[i, j] == 0:
@@ -469,7 +472,7 @@ def _background_kernel(key, out):
 
 
 @numba.njit(cache=True)
-def _colour_bytes(C, sat8, val8):
+def colour_bytes(C, sat8, val8):
     """RGB bytes of each 8-bit hue h8 at the render's S and V, the reference's HSV convention:
     OpenCV's 8-bit HSV, where hue h8 means h8 * 2 degrees and wraps past 180."""
     lut = np.zeros((256, C), dtype=np.uint8)
@@ -487,14 +490,14 @@ def _colour_bytes(C, sat8, val8):
 
 
 @numba.njit(cache=True)
-def _colour_params(d):
+def colour_params(d):
     """Hue offset in [0, 255), S and V as the reference's bytes (V in [0.5, 1], S in [0.3, 1])."""
-    return (255.0 * _unit(d[_DRAW_HUE]), np.int64((0.3 + 0.7 * _unit(d[_DRAW_SAT])) * 255.0),
-            np.int64((0.5 + 0.5 * _unit(d[_DRAW_VAL])) * 255.0))
+    return (255.0 * _unit(d[DRAW_HUE]), np.int64((0.3 + 0.7 * _unit(d[DRAW_SAT])) * 255.0),
+            np.int64((0.5 + 0.5 * _unit(d[DRAW_VAL])) * 255.0))
 
 
 @numba.njit(cache=True)
-def _patch_mask(bits, patch):
+def patch_mask(bits, patch):
     """The 3x3 stamp: each cell on with probability 1/2 (the reference); the centre alone when no
     patch, or when all nine bits came out 0 (the reference would render a black image)."""
     mask = np.zeros((3, 3), dtype=np.uint8)
@@ -579,8 +582,8 @@ def _render_kernel(A, b, key, size, n_points, binary, log_density, color, patch,
     """The whole render into ``out`` (size, size, C) uint8. Returns the window's pixels per unit
     along x, 0 when the walk diverged (a black image)."""
     d = _draws(key, N_DRAWS)
-    A, b = _jittered(A, b, jitter, d[_DRAW_JITTER_MAP])
-    pts, xmin, ymin, xmax, ymax = _walk(A, b, n_points, d[_DRAW_WALK])
+    A, b = jittered(A, b, jitter, d[DRAW_JITTER_MAP])
+    pts, xmin, ymin, xmax, ymax = _walk(A, b, n_points, d[DRAW_WALK])
     ex, ey = xmax - xmin, ymax - ymin
     if not (np.isfinite(ex) and np.isfinite(ey) and ex < 1e12 and ey < 1e12):
         out[:] = 0
@@ -588,25 +591,25 @@ def _render_kernel(A, b, key, size, n_points, binary, log_density, color, patch,
     ex, ey = (ex if ex > 0 else 1.0), (ey if ey > 0 else 1.0)
     # the reference's window: each axis of the bounding box shifted and scaled on its own, then
     # stretched to fill the square
-    cx = 0.5 * (xmin + xmax) + (2.0 * _unit(d[_DRAW_SHIFT_X]) - 1.0) * window_shift * ex
-    cy = 0.5 * (ymin + ymax) + (2.0 * _unit(d[_DRAW_SHIFT_Y]) - 1.0) * window_shift * ey
-    ex *= wmin + (wmax - wmin) * _unit(d[_DRAW_SCALE])
-    ey *= wmin + (wmax - wmin) * _unit(d[_DRAW_SCALE_Y])
+    cx = 0.5 * (xmin + xmax) + (2.0 * _unit(d[DRAW_SHIFT_X]) - 1.0) * window_shift * ex
+    cy = 0.5 * (ymin + ymax) + (2.0 * _unit(d[DRAW_SHIFT_Y]) - 1.0) * window_shift * ey
+    ex *= wmin + (wmax - wmin) * _unit(d[DRAW_SCALE])
+    ey *= wmin + (wmax - wmin) * _unit(d[DRAW_SCALE_Y])
     sx, sy = (size - 1) / ex, (size - 1) / ey
-    flip_code = np.int64(d[_DRAW_FLIP] >> np.uint64(61)) if flip else np.int64(0)
-    px = _pixel_transform(cx - 0.5 * ex, cy - 0.5 * ey, sx, sy, size, flip_code)
+    flip_code = np.int64(d[DRAW_FLIP] >> np.uint64(61)) if flip else np.int64(0)
+    px = pixel_transform(cx - 0.5 * ex, cy - 0.5 * ey, sx, sy, size, flip_code)
     hist = np.zeros((size + 4, size + 4), dtype=np.int32)
     _bin(pts[:n_points], px, hist)
     if patch:
-        counts = _stamp(hist, _patch_mask(d[_DRAW_PATCH], patch), size)
+        counts = _stamp(hist, patch_mask(d[DRAW_PATCH], patch), size)
     else:  # a single pixel per point: the counts are the histogram's inside
         counts = hist[2:size + 2, 2:size + 2]
-    hue0, sat8, val8 = _colour_params(d)
-    _shade(counts, out, _colour_bytes(out.shape[2], sat8, val8), hue0, binary, log_density)
+    hue0, sat8, val8 = colour_params(d)
+    _shade(counts, out, colour_bytes(out.shape[2], sat8, val8), hue0, binary, log_density)
     if background:
         _paint_background(out, counts, d)
-    if _unit(d[_DRAW_BLUR]) < blur_p:
-        _blur3(out, 0.5 + 0.5 * _unit(d[_DRAW_SIGMA]))
+    if _unit(d[DRAW_BLUR]) < blur_p:
+        _blur3(out, 0.5 + 0.5 * _unit(d[DRAW_SIGMA]))
     return sx
 
 
@@ -618,7 +621,7 @@ def _fitted_fill_ratio(A, b, size, n_points, key):
         return 0.0
     ex, ey = (ex if ex > 0 else 1.0), (ey if ey > 0 else 1.0)
     hist = np.zeros((size + 4, size + 4), dtype=np.int32)
-    _bin(pts[:n_points], _pixel_transform(xmin, ymin, (size - 1) / ex, (size - 1) / ey, size, np.int64(0)), hist)
+    _bin(pts[:n_points], pixel_transform(xmin, ymin, (size - 1) / ex, (size - 1) / ey, size, np.int64(0)), hist)
     return (hist[2:size + 2, 2:size + 2] > 0).sum() / (size * size)
 
 
@@ -663,8 +666,8 @@ def _resize_paste(canvas, tile, s, y, x):
 @numba.njit(cache=True)
 def _maybe_blur_kernel(out, key, blur_p):
     d = _draws(key, N_DRAWS)
-    if _unit(d[_DRAW_BLUR]) < blur_p:
-        _blur3(out, 0.5 + 0.5 * _unit(d[_DRAW_SIGMA]))
+    if _unit(d[DRAW_BLUR]) < blur_p:
+        _blur3(out, 0.5 + 0.5 * _unit(d[DRAW_SIGMA]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -713,7 +716,7 @@ def render(A: np.ndarray, b: np.ndarray, rng: np.random.Generator, cfg: RenderCo
 
 
 def render_draws(key: int) -> np.ndarray:
-    """The per-render uniforms in [0, 1) in ``_DRAW_*`` order (for the torch path and tests)."""
+    """The per-render uniforms in [0, 1) in ``DRAW_*`` order (for the torch path and tests)."""
     return (_draws(np.uint64(key & M64), N_DRAWS) >> np.uint64(11)).astype(np.float64) / 2.0**53
 
 

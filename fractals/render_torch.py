@@ -65,16 +65,16 @@ def _prepare(systems, keys, cfg: RenderConfig):
     for i, ((A, b), key) in enumerate(zip(systems, keys)):
         d = R.render_draws(key)
         bits = R.render_draw_bits(key)
-        A, b = R._jittered(np.ascontiguousarray(A, dtype=np.float64), np.ascontiguousarray(b, dtype=np.float64),
-                           cfg.jitter, bits[R._DRAW_JITTER_MAP])
+        A, b = R.jittered(np.ascontiguousarray(A, dtype=np.float64), np.ascontiguousarray(b, dtype=np.float64),
+                           cfg.jitter, bits[R.DRAW_JITTER_MAP])
         n = len(A)
         A_out[i, :n], b_out[i, :n] = A, b
-        tables[i] = R._table(A)
-        start[i] = R._start_point(A, b)
+        tables[i] = R.map_table(A)
+        start[i] = R.start_point(A, b)
         draws[i] = d
-        masks[i] = R._patch_mask(bits[R._DRAW_PATCH], cfg.patch)
-        hue0[i], sat8, val8 = R._colour_params(bits)
-        colours[i] = R._colour_bytes(C, sat8, val8)
+        masks[i] = R.patch_mask(bits[R.DRAW_PATCH], cfg.patch)
+        hue0[i], sat8, val8 = R.colour_params(bits)
+        colours[i] = R.colour_bytes(C, sat8, val8)
     return A_out, b_out, tables, start, draws, masks, colours, hue0
 
 
@@ -132,12 +132,12 @@ def render_batch(systems, keys, cfg: RenderConfig, device: str | torch.device = 
     ok = torch.isfinite(ex) & torch.isfinite(ey) & (ex < 1e12) & (ey < 1e12)
     ex = torch.where(ok & (ex > 0), ex, torch.ones_like(ex))
     ey = torch.where(ok & (ey > 0), ey, torch.ones_like(ey))
-    cx = 0.5 * (xmin + xmax) + (2 * d[:, R._DRAW_SHIFT_X] - 1) * cfg.window_shift * ex
-    cy = 0.5 * (ymin + ymax) + (2 * d[:, R._DRAW_SHIFT_Y] - 1) * cfg.window_shift * ey
+    cx = 0.5 * (xmin + xmax) + (2 * d[:, R.DRAW_SHIFT_X] - 1) * cfg.window_shift * ex
+    cy = 0.5 * (ymin + ymax) + (2 * d[:, R.DRAW_SHIFT_Y] - 1) * cfg.window_shift * ey
     span = cfg.window_scale_max - cfg.window_scale_min
-    ex = ex * (cfg.window_scale_min + span * d[:, R._DRAW_SCALE])
-    ey = ey * (cfg.window_scale_min + span * d[:, R._DRAW_SCALE_Y])
-    px = torch.stack([torch.as_tensor(R._pixel_transform(float(x0), float(y0), (S - 1) / float(w), (S - 1) / float(h),
+    ex = ex * (cfg.window_scale_min + span * d[:, R.DRAW_SCALE])
+    ey = ey * (cfg.window_scale_min + span * d[:, R.DRAW_SCALE_Y])
+    px = torch.stack([torch.as_tensor(R.pixel_transform(float(x0), float(y0), (S - 1) / float(w), (S - 1) / float(h),
                                                          S, int(f)))
                       for x0, y0, w, h, f in zip((cx - 0.5 * ex).tolist(), (cy - 0.5 * ey).tolist(),
                                                  ex.tolist(), ey.tolist(), _flip_codes(keys, cfg))]).to(device, dtype)
@@ -178,8 +178,8 @@ def render_batch(systems, keys, cfg: RenderConfig, device: str | torch.device = 
         bg = torch.stack([torch.from_numpy(R.render_background(k, cfg)) for k in keys]).to(device)
         img = torch.where((counts == 0)[:, None], bg.permute(0, 3, 1, 2).double(), img)
     if cfg.blur_p > 0:
-        blur = (d[:, R._DRAW_BLUR] < cfg.blur_p)[:, None, None, None]
-        sigma = 0.5 + 0.5 * d[:, R._DRAW_SIGMA]
+        blur = (d[:, R.DRAW_BLUR] < cfg.blur_p)[:, None, None, None]
+        sigma = 0.5 + 0.5 * d[:, R.DRAW_SIGMA]
         w1 = torch.exp(-1.0 / (2 * sigma * sigma))
         w0, w1 = (1 / (1 + 2 * w1))[:, None, None, None], (w1 / (1 + 2 * w1))[:, None, None, None]
         pad = F.pad(img, (1, 1, 1, 1), mode="reflect")  # OpenCV's default border, reflect-101
@@ -198,4 +198,4 @@ def _hsv(h, s, v, n):
 def _flip_codes(keys, cfg: RenderConfig) -> list[int]:
     if not cfg.flip:
         return [0] * len(keys)
-    return [int(R.render_draw_bits(k)[R._DRAW_FLIP]) >> 61 for k in keys]
+    return [int(R.render_draw_bits(k)[R.DRAW_FLIP]) >> 61 for k in keys]

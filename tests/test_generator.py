@@ -122,7 +122,7 @@ def test_every_map_is_reachable_and_each_probability_within_1_1024():
     np.testing.assert_allclose(map_probabilities(degenerate), [0.72 / 0.72, 0, 0.7e-9 / 0.72], atol=1e-9)
     # the walk really follows the table: map frequencies of a recorded walk
     A = np.stack([np.diag([0.5, 0.4]), np.diag([0.3, 0.3]), np.diag([0.9, 0.05])])
-    table = R._table(A)
+    table = R.map_table(A)
     state, n, hits = np.uint64(7), 40_000, np.zeros(3)
     for _ in range(n // 4):
         state, r = R._splitmix64(np.uint64(state))  # uint64, as in the kernel (int64 would bias the bits)
@@ -135,7 +135,7 @@ def test_jitter_scales_one_map_with_up_to_four_tries_and_never_breaks_contractiv
     b = np.full((3, 2), 0.5)
     applied = 0
     for seed in range(2000):
-        A2, b2 = R._jittered(A, b, True, np.uint64(seed))
+        A2, b2 = R.jittered(A, b, True, np.uint64(seed))
         assert max(spectral_norm2(M) for M in A2) <= 1.0
         changed = [k for k in range(3) if not np.array_equal(A2[k], A[k])]
         assert len(changed) <= 1
@@ -148,9 +148,9 @@ def test_jitter_scales_one_map_with_up_to_four_tries_and_never_breaks_contractiv
     assert applied / 2000 > 0.99
     # every map at s1 = 0.999: a try fails with probability 0.33, all four with ~1.2%: unjittered
     A = np.stack([np.diag([0.999, 0.5])] * 3)
-    kept = sum(np.array_equal(R._jittered(A, b, True, np.uint64(s))[0], A) for s in range(3000))
+    kept = sum(np.array_equal(R.jittered(A, b, True, np.uint64(s))[0], A) for s in range(3000))
     assert 0.003 < kept / 3000 < 0.03
-    np.testing.assert_array_equal(R._jittered(A, b, False, np.uint64(1))[0], A)
+    np.testing.assert_array_equal(R.jittered(A, b, False, np.uint64(1))[0], A)
 def test_fill_ratio_is_in_a_sane_range():
     af = sample_bank(40, 1, seed=5)
     fills = np.array([fill_ratio(*af.system(i), size=128, n_points=30_000, seed=i) for i in range(len(af))])
@@ -250,10 +250,10 @@ def test_patch_is_a_random_3x3_stamp_with_each_cell_on_half_the_time(bank):
     grow = [(render_key(A, b, k, replace(cfg, patch=True)) > 0).sum() / (render_key(A, b, k, cfg) > 0).sum()
             for k in range(20)]
     assert np.mean(grow) > 1.3, "the same window: the stamp lights more pixels than the points"
-    masks = np.stack([R._patch_mask(np.uint64(derive_key(k)), True) for k in range(4000)])
+    masks = np.stack([R.patch_mask(np.uint64(derive_key(k)), True) for k in range(4000)])
     assert masks.reshape(len(masks), 9).any(axis=1).all(), "never an empty stamp"
     np.testing.assert_allclose(masks.mean(axis=0), 0.5, atol=0.03)
-    np.testing.assert_array_equal(R._patch_mask(np.uint64(123), False), [[0, 0, 0], [0, 1, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(R.patch_mask(np.uint64(123), False), [[0, 0, 0], [0, 1, 0], [0, 0, 0]])
     # the kernel's stamp (a 3x3 correlation of the hit grid) equals stamping point by point
     rng = np.random.default_rng(0)
     size = 16
@@ -283,7 +283,7 @@ def test_window_is_the_bounding_box_stretched_per_axis():
     ratios = []
     for k in range(200):
         d = R.render_draws(k)
-        ratios.append((0.5 + 1.5 * d[R._DRAW_SCALE]) / (0.5 + 1.5 * d[R._DRAW_SCALE_Y]))
+        ratios.append((0.5 + 1.5 * d[R.DRAW_SCALE]) / (0.5 + 1.5 * d[R.DRAW_SCALE_Y]))
     assert min(ratios) < 0.5 and max(ratios) > 2.0
 def test_blur_happens_with_probability_p(bank):
     A, b = bank.system(1)
