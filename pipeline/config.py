@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -40,6 +41,14 @@ def pretrain_hash(cfg: DictConfig) -> str:
     groups = ("backbone", "fractal", "pretrain") if makes_fractal_weights(cfg) else ("backbone",)
     picked = {g: {k: v for k, v in resolved[g].items() if k not in BOOKKEEPING} for g in groups}
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def seed_stage(seed: int) -> None:
+    """The one way a stage seeds: torch, numpy and python RNGs (and the DataLoader workers' seeds)
+    reset to ``seed`` right before the stage's first random draw. ``seed_everything`` resets the
+    state whatever it was, so a stage draws the same whether it runs alone, after other stages, as
+    the n-th job of an in-process sweep or on a DDP rank."""
+    L.seed_everything(seed, workers=True)
 
 
 def is_multirun() -> bool:

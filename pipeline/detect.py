@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-import lightning as L
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,6 +18,7 @@ from detection.detect import DetectRecord, Selection, fit_and_test, input_transf
 from detection.metrics import RawScorePostProcessor, study_evaluator
 from detection.models import build_detector
 from detection.plots import NormalisedVisualizer
+from pipeline.config import seed_stage
 
 
 def fetch_mlflow_export(run_id: str, dst: Path) -> Path:
@@ -97,7 +97,7 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path, dataset_pre
     # students/flows/decoders), so nothing that ran before in this process (another sweep job, the
     # offline ImageNet conversion, timm probing) changes them; the same stream then drives the
     # synthetic validation anomalies and the coreset.
-    L.seed_everything(cfg.seed, workers=True)
+    seed_stage(cfg.seed)
     # threshold-free metrics on raw scores; the F1 threshold and the drawn maps' scale come from validation
     model = build_from_config(cfg.detector.model, backbone, pre_processor=pre_processor,
                               post_processor=RawScorePostProcessor(), visualizer=NormalisedVisualizer(),

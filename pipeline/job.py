@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import lightning as L
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
@@ -14,7 +13,7 @@ from console.logs import log
 from detection.metrics import HEADLINE, format_table
 from pipeline import tracking
 from pipeline.backbones import shared_fractal_backbone
-from pipeline.config import check_job, config_hash, is_multirun, makes_fractal_weights, pretrain_hash
+from pipeline.config import check_job, config_hash, is_multirun, makes_fractal_weights, pretrain_hash, seed_stage
 from pipeline.detect import detect, prepare_dataset, resolve_backbone
 from pipeline.generate import generate
 from pipeline.pretrain import pretrain
@@ -25,14 +24,14 @@ def train_fractal_backbone(cfg: DictConfig, out_dir: Path, tags: dict) -> tuple[
     """The generate and pretrain stages; returns the export folder and the pretrain run id."""
     generated = export_dir = run_id = None
     if "generate" in cfg.stages:
-        L.seed_everything(cfg.seed, workers=True)
+        seed_stage(cfg.seed)  # IFS sampling draws from its own seeded generator; the preview too
         with tracking.stage_run("generate", cfg, groups=("fractal",), tags=tags):
             generated = generate(cfg, out_dir / "fractals")
     if "pretrain" in cfg.stages:
         if generated is None:
             raise ConfigError("the pretrain stage needs the generate stage in the same call: "
                               "stages=[generate,pretrain,...]")
-        L.seed_everything(cfg.seed, workers=True)
+        seed_stage(cfg.seed)  # model init, data order, crops, MixUp
         with tracking.stage_run("pretrain", cfg, groups=("fractal", "pretrain", "backbone", "trainer"),
                                 tags=tags, system_metrics=cfg.mlflow.system_metrics) as run:
             export_dir = pretrain(cfg, generated.bank, out_dir / "pretrain", generated.bank_path).export_dir
@@ -67,8 +66,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
             train = lambda: train_fractal_backbone(cfg, out_dir, tags)  # noqa: E731
             export_dir, pretrain_run_id = shared_fractal_backbone(cfg, train) if reuse else train()
         if "detect" in cfg.stages:
-            # re-seed so detection draws (random init, coreset) do not depend on earlier stages
-            L.seed_everything(cfg.seed, workers=True)
+            # detect seeds itself right before building the detector (pipeline/detect.py)
             upstream = {"pretrain_run_id": pretrain_run_id} if pretrain_run_id else {}
             with tracking.stage_run("detect", cfg, groups=("backbone", "detector", "dataset", "trainer"),
                                     tags={**tags, **upstream}):

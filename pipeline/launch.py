@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from console.errors import ConfigError
 from detection.imagenet_offline import ensure_imagenet_export
-from pipeline.config import is_multirun, makes_fractal_weights
+from pipeline.config import is_multirun, makes_fractal_weights, seed_stage
 from pipeline.generate import sample_configured_bank
 from pipeline.pretrain import pretrain
 
@@ -34,7 +33,7 @@ def join_pretraining(cfg: DictConfig) -> None:
     bank = sample_configured_bank(cfg)
     # ranks started by torchrun/SLURM are not seeded by Lightning (only its own launcher passes
     # PL_GLOBAL_SEED on); seed as rank 0 does right before its pretrain stage
-    L.seed_everything(cfg.seed, workers=True)
+    seed_stage(cfg.seed)
     pretrain(cfg, bank, Path(cfg.paths.output_dir) / "pretrain")
 
 
