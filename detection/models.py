@@ -1,7 +1,7 @@
 """Glue that puts our backbone into each anomalib detector.
 
-A detector config names an anomalib model (``_target_: anomalib.models.Fastflow``) with the study's
-settings. ``build_detector`` maps our ``Backbone`` onto it: the timm name (``local-dir:<export>`` for
+A detector config names the class it builds (``_target_: anomalib.models.Patchcore``, or one of the
+adapters below, ``detection.models.Fastflow``) with the study's settings. ``build_detector`` maps our ``Backbone`` onto it: the timm name (``local-dir:<export>`` for
 our own weights), ``pre_trained``, layer names resolved for the backbone family (detection.layers),
 and what a model cannot infer for an arbitrary backbone (PaDiM's ``n_features``).
 
@@ -65,10 +65,11 @@ def build_detector(cls: type, kwargs: dict[str, Any], backbone: Backbone, **comp
         kwargs["layer"] = resolve_layers(backbone.arch, [kwargs["layer"]])[0]
     if cls.__name__ == "Padim" and kwargs.get("n_features") is None:
         kwargs["n_features"] = padim_n_features(backbone.arch, kwargs["layers"])
-    adapter = _ADAPTERS.get(cls.__name__)
-    if adapter is not None:
-        return adapter(backbone=backbone.timm_name, arch=backbone.arch, pre_trained=backbone.pre_trained,
-                       **kwargs, **components)
+    if cls.__module__ != __name__ and cls.__name__ in _ADAPTERS:
+        raise ConfigError(f"anomalib's {cls.__name__} cannot take our backbone as it is; use the adapter "
+                          f"_target_: {__name__}.{cls.__name__} (conf/detector/ does).")
+    if cls.__module__ == __name__:  # our adapters build the architecture's own layers too
+        kwargs["arch"] = backbone.arch
     return cls(backbone=backbone.timm_name, pre_trained=backbone.pre_trained, **kwargs, **components)
 
 
@@ -245,18 +246,14 @@ def _reductions(arch: str, layers) -> list[int]:
     return [by_name[layer] for layer in layers]
 
 
-class _Lazy(dict):
-    """Adapters are built on first use: importing anomalib's models costs seconds."""
-
-    def __init__(self, factories):
-        super().__init__()
-        self._factories = factories
-
-    def get(self, name, default=None):
-        if name not in self and name in self._factories:
-            self[name] = self._factories[name]()
-        return super().get(name, default)
+_ADAPTERS = {"Fastflow": _fastflow, "Stfpm": _stfpm, "ReverseDistillation": _reverse_distillation, "Cfa": _cfa}
 
 
-_ADAPTERS = _Lazy({"Fastflow": _fastflow, "Stfpm": _stfpm, "ReverseDistillation": _reverse_distillation,
-                   "Cfa": _cfa})
+def __getattr__(name: str) -> type:
+    """``detection.models.Fastflow`` (``Stfpm``, ``ReverseDistillation``, ``Cfa``): the adapter
+    classes the detector configs name, built on first access (importing anomalib's models costs
+    seconds, so this module does not do it at import)."""
+    if name not in _ADAPTERS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    cls = globals()[name] = _ADAPTERS[name]()
+    return cls

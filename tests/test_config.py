@@ -33,10 +33,23 @@ def test_every_group_option_composes(group, option, tmp_path):
 
 
 @pytest.mark.parametrize("option", sorted(p.stem for p in Path(CONF_DIR, "detector").glob("*.yaml")))
-def test_detector_targets_are_importable_anomalib_models(option, tmp_path):
+def test_detector_targets_name_the_anomalib_model_actually_built(option, tmp_path):
+    """An anomalib model class, or our adapter subclass of one where anomalib's cannot take our
+    backbone: then the config names the adapter, and anomalib's own class is refused."""
+    from anomalib.models.components import AnomalibModule
+
+    from detection.models import _ADAPTERS, build_detector
+
     cfg = compose_config(tmp_path, f"detector={option}")
     cls = hydra.utils.get_class(cfg.detector.model._target_)
-    assert cls.__module__.startswith("anomalib.models")
+    assert issubclass(cls, AnomalibModule)
+    adapted = cls.__name__ in _ADAPTERS
+    assert cls.__module__ == "detection.models" if adapted else cls.__module__.startswith("anomalib.models")
+    if adapted:
+        anomalibs = getattr(__import__("anomalib.models", fromlist=[cls.__name__]), cls.__name__)
+        assert issubclass(cls, anomalibs)
+        with pytest.raises(ValueError, match=f"_target_: detection.models.{cls.__name__}"):
+            build_detector(anomalibs, {}, None)
 
 
 def test_tracking_uri_is_an_absolute_sqlite_path(tmp_path):
