@@ -10,7 +10,7 @@ from conftest import CONF_DIR, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in Path(CONF_DIR, "experiment").glob("*.yaml"))
 GROUP_OPTIONS = [(g.name, p.stem) for g in sorted(Path(CONF_DIR).iterdir()) if g.is_dir()
-                 and g.name not in ("experiment", "hydra") for p in sorted(g.glob("*.yaml"))]
+                 and g.name not in ("experiment", "hydra", "base") for p in sorted(g.glob("*.yaml"))]
 
 
 def test_the_three_foundation_experiments_exist():
@@ -71,3 +71,17 @@ def test_study_grids_sweep_three_backbones_over_every_category(name, categories,
     assert sorted(grid["dataset.category"].split(",")) == sorted(DATASETS[cfg.dataset.name])
     assert len(DATASETS[cfg.dataset.name]) == categories
     assert cfg.backbone.arch == "wide_resnet50_2.tv_in1k"  # kept whatever backbone source the sweep picks
+
+
+def test_shared_settings_are_written_once_and_reach_every_detector_and_dataset(tmp_path):
+    """conf/base/: one home for what every detector and dataset file shares; each file's own value
+    (the built-in data's smaller batches) still wins."""
+    for option in sorted(p.stem for p in Path(CONF_DIR, "detector").glob("*.yaml")):
+        d = compose_config(tmp_path, f"detector={option}").detector
+        assert d.aupro_fpr_limit == 0.3 and d.log_images == 2, option  # 2: conftest.TINY's override
+        assert "aupro_fpr_limit" not in Path(CONF_DIR, "detector", f"{option}.yaml").read_text()
+    for option in sorted(p.stem for p in Path(CONF_DIR, "dataset").glob("*.yaml")):
+        d = compose_config(tmp_path, f"dataset={option}").dataset
+        assert d.datamodule.val_split_mode == "synthetic" and d.datamodule.root == d.root, option
+    builtin = compose_config(tmp_path).dataset
+    assert (builtin.builtin.image_size, builtin.datamodule.train_batch_size, builtin.datamodule.num_workers) == (128, 16, 0)
