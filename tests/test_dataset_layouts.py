@@ -170,127 +170,69 @@ def test_unknown_category_lists_the_valid_ones(name, valid, tmp_path):
         validate_layout(name, tmp_path, "pcb9")
 
 
-def test_mvtec_missing_split(tmp_path):
-    root = make_mvtec(tmp_path)
-    shutil.rmtree(root / "bottle/test")
-    with pytest.raises(DatasetError, match=r"Missing folder .*bottle/test"):
-        validate_layout("mvtec", root, "bottle")
-
-
-def test_mvtec_corrupt_image(tmp_path):
-    root = make_mvtec(tmp_path)
-    (root / "bottle/test/contamination/001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    with pytest.raises(DatasetError, match=r"(?s)Cannot read image .*contamination/001\.png.*re-download"):
-        validate_layout("mvtec", root, "bottle")
-
-
-def test_mvtec_mask_size_mismatch(tmp_path):
-    root = make_mvtec(tmp_path)
-    Image.new("L", (32, 16)).save(root / "bottle/ground_truth/broken_large/001_mask.png")
-    with pytest.raises(DatasetError, match=r"(?s)001_mask\.png is 32x16.*broken_large/001\.png is 64x64"):
-        validate_layout("mvtec", root, "bottle")
-
-
-def test_mvtec_missing_mask(tmp_path):
-    root = make_mvtec(tmp_path)
-    (root / "bottle/ground_truth/contamination/000_mask.png").unlink()
-    with pytest.raises(DatasetError, match=r"(?s)No mask for defect image .*contamination/000\.png.*000_mask\.png"):
-        validate_layout("mvtec", root, "bottle")
-
-
-def test_mvtec_stray_mask(tmp_path):
-    root = make_mvtec(tmp_path)
-    _mask(root / "bottle/ground_truth/contamination/007_mask.png", np.zeros((SIZE, SIZE), np.uint8))
-    with pytest.raises(DatasetError, match=r"(?s)Stray mask .*contamination/007_mask\.png.*delete it"):
-        validate_layout("mvtec", root, "bottle")
-
-
-def test_mvtec_mask_folder_without_test_folder_is_stray(tmp_path):
-    root = make_mvtec(tmp_path)
-    _mask(root / "bottle/ground_truth/crack/000_mask.png", np.zeros((SIZE, SIZE), np.uint8))
-    with pytest.raises(DatasetError, match=r"Stray mask .*crack/000_mask\.png"):
-        validate_layout("mvtec", root, "bottle")
-
-
-def test_mvtec_two_masks_for_one_image(tmp_path):
-    root = make_mvtec(tmp_path)
-    shutil.copy(root / "bottle/ground_truth/broken_large/000_mask.png", root / "bottle/ground_truth/broken_large/000.png")
-    with pytest.raises(DatasetError, match=r"broken_large/000\.png has two masks"):
-        validate_layout("mvtec", root, "bottle")
-
-
-def test_mvtec_reads_png_only(tmp_path):
-    root = make_mvtec(tmp_path)
-    Image.open(root / "bottle/train/good/000.png").save(root / "bottle/train/good/010.jpg")
-    with pytest.raises(DatasetError, match=r"(?s)Unsupported image format: .*train/good/010\.jpg.*only \.png"):
-        validate_layout("mvtec", root, "bottle")
-
-
-def test_visa_missing_split_csv(tmp_path):
-    root = make_visa_raw(tmp_path)
-    (root / "split_csv/1cls.csv").unlink()
-    with pytest.raises(DatasetError, match=r"Missing VisA split file .*split_csv/1cls\.csv"):
-        validate_layout("visa", root, "pcb1")
-
-
-def test_visa_csv_names_a_missing_image(tmp_path):
-    root = make_visa_raw(tmp_path)
-    (root / "pcb1/Data/Images/Normal/0004.JPG").unlink()
-    with pytest.raises(DatasetError, match=r"1cls\.csv line 6 names image .*Normal/0004\.JPG, which does not exist"):
-        validate_layout("visa", root, "pcb1")
-
-
-def test_visa_missing_test_split(tmp_path):
-    root = make_visa_raw(tmp_path)
+def _drop_visa_test_rows(root: Path) -> None:
     csv = root / "split_csv/1cls.csv"
     csv.write_text("".join(line for line in csv.read_text().splitlines(keepends=True) if ",test," not in line))
-    with pytest.raises(DatasetError, match=r"lists no test images for category 'pcb1'"):
-        validate_layout("visa", root, "pcb1")
 
 
-def test_visa_corrupt_image_and_mask_size(tmp_path):
-    root = make_visa_raw(tmp_path)
-    (root / "pcb1/Data/Images/Anomaly/001.JPG").write_bytes(b"\xff\xd8\xff garbage")
-    with pytest.raises(DatasetError, match=r"Cannot read image .*Anomaly/001\.JPG.*line 16"):
-        validate_layout("visa", root, "pcb1")
-    _image(root / "pcb1/Data/Images/Anomaly/001.JPG", 1)
-    Image.new("L", (10, 10)).save(root / "pcb1/Data/Masks/Anomaly/002.png")
-    with pytest.raises(DatasetError, match=r"Mask .*Masks/Anomaly/002\.png is 10x10 but its image .*002\.JPG is 64x64"):
-        validate_layout("visa", root, "pcb1")
+def _blank_mask(path: Path) -> None:
+    _mask(path, np.zeros((SIZE, SIZE), np.uint8))
+
+
+# One row per broken layout: (layout, what breaks it, what the message must say). Each starts from a
+# fresh valid miniature (MAKERS) and is checked with validate_layout on its category.
+MAKERS = {"mvtec": (make_mvtec, "bottle"), "visa": (make_visa_raw, "pcb1"), "mvtec_loco": (make_loco, "breakfast_box")}
+BROKEN = {
+    "mvtec-missing-split": ("mvtec", lambda r: shutil.rmtree(r / "bottle/test"), r"Missing folder .*bottle/test"),
+    "mvtec-corrupt-image": ("mvtec", lambda r: (r / "bottle/test/contamination/001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated"),
+                            r"(?s)Cannot read image .*contamination/001\.png.*re-download"),
+    "mvtec-mask-size": ("mvtec", lambda r: Image.new("L", (32, 16)).save(r / "bottle/ground_truth/broken_large/001_mask.png"),
+                        r"(?s)001_mask\.png is 32x16.*broken_large/001\.png is 64x64"),
+    "mvtec-missing-mask": ("mvtec", lambda r: (r / "bottle/ground_truth/contamination/000_mask.png").unlink(),
+                           r"(?s)No mask for defect image .*contamination/000\.png.*000_mask\.png"),
+    "mvtec-stray-mask": ("mvtec", lambda r: _blank_mask(r / "bottle/ground_truth/contamination/007_mask.png"),
+                         r"(?s)Stray mask .*contamination/007_mask\.png.*delete it"),
+    "mvtec-mask-folder-without-test-folder": ("mvtec", lambda r: _blank_mask(r / "bottle/ground_truth/crack/000_mask.png"),
+                                              r"Stray mask .*crack/000_mask\.png"),
+    "mvtec-two-masks-for-one-image": ("mvtec", lambda r: shutil.copy(r / "bottle/ground_truth/broken_large/000_mask.png",
+                                                                     r / "bottle/ground_truth/broken_large/000.png"),
+                                      r"broken_large/000\.png has two masks"),
+    "mvtec-png-only": ("mvtec", lambda r: Image.open(r / "bottle/train/good/000.png").save(r / "bottle/train/good/010.jpg"),
+                       r"(?s)Unsupported image format: .*train/good/010\.jpg.*only \.png"),
+    "visa-missing-split-csv": ("visa", lambda r: (r / "split_csv/1cls.csv").unlink(),
+                               r"Missing VisA split file .*split_csv/1cls\.csv"),
+    "visa-csv-names-a-missing-image": ("visa", lambda r: (r / "pcb1/Data/Images/Normal/0004.JPG").unlink(),
+                                       r"1cls\.csv line 6 names image .*Normal/0004\.JPG, which does not exist"),
+    "visa-missing-test-split": ("visa", _drop_visa_test_rows, r"lists no test images for category 'pcb1'"),
+    "visa-corrupt-image": ("visa", lambda r: (r / "pcb1/Data/Images/Anomaly/001.JPG").write_bytes(b"\xff\xd8\xff garbage"),
+                           r"Cannot read image .*Anomaly/001\.JPG.*line 16"),
+    "visa-mask-size": ("visa", lambda r: Image.new("L", (10, 10)).save(r / "pcb1/Data/Masks/Anomaly/002.png"),
+                       r"Mask .*Masks/Anomaly/002\.png is 10x10 but its image .*002\.JPG is 64x64"),
+    "loco-missing-split": ("mvtec_loco", lambda r: shutil.rmtree(r / "breakfast_box/train"),
+                           r"Missing folder .*breakfast_box/train/good"),
+    "loco-missing-mask-folder": ("mvtec_loco", lambda r: shutil.rmtree(r / "breakfast_box/ground_truth/structural_anomalies/001"),
+                                 r"No mask for defect image .*structural_anomalies/001\.png.*structural_anomalies/001/"),
+    "loco-stray-mask-folder": ("mvtec_loco", lambda r: _blank_mask(r / "breakfast_box/ground_truth/logical_anomalies/005/000.png"),
+                               r"Stray mask folder .*logical_anomalies/005"),
+    "loco-mask-size": ("mvtec_loco", lambda r: Image.new("L", (8, 8)).save(r / "breakfast_box/ground_truth/logical_anomalies/001/001.png"),
+                       r"Mask .*logical_anomalies/001/001\.png is 8x8 .* is 64x64"),
+    "loco-corrupt-image": ("mvtec_loco", lambda r: (r / "breakfast_box/validation/good/001.png").write_bytes(b"nope"),
+                           r"Cannot read image .*validation/good/001\.png"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_a_broken_layout_is_named_with_the_fix(case, tmp_path):
+    layout, breaks, message = BROKEN[case]
+    make, category = MAKERS[layout]
+    root = make(tmp_path)
+    validate_layout(layout, root, category)  # the miniature is valid before it is broken
+    breaks(root)
+    with pytest.raises(DatasetError, match=message):
+        validate_layout(layout, root, category)
 
 
 def test_visa_category_folder_missing(tmp_path):
     root = make_visa_raw(tmp_path)
     with pytest.raises(DatasetError, match=r"(?s)Category folder .*candle not found.*visa_pytorch.*pcb1"):
         validate_layout("visa", root, "candle")
-
-
-def test_loco_missing_split(tmp_path):
-    root = make_loco(tmp_path)
-    shutil.rmtree(root / "breakfast_box/train")
-    with pytest.raises(DatasetError, match=r"Missing folder .*breakfast_box/train/good"):
-        validate_layout("mvtec_loco", root, "breakfast_box")
-
-
-def test_loco_missing_mask_folder(tmp_path):
-    root = make_loco(tmp_path)
-    shutil.rmtree(root / "breakfast_box/ground_truth/structural_anomalies/001")
-    with pytest.raises(DatasetError, match=r"No mask for defect image .*structural_anomalies/001\.png.*structural_anomalies/001/"):
-        validate_layout("mvtec_loco", root, "breakfast_box")
-
-
-def test_loco_stray_mask_folder(tmp_path):
-    root = make_loco(tmp_path)
-    _mask(root / "breakfast_box/ground_truth/logical_anomalies/005/000.png", np.zeros((SIZE, SIZE), np.uint8))
-    with pytest.raises(DatasetError, match=r"Stray mask folder .*logical_anomalies/005"):
-        validate_layout("mvtec_loco", root, "breakfast_box")
-
-
-def test_loco_mask_size_and_corrupt_image(tmp_path):
-    root = make_loco(tmp_path)
-    Image.new("L", (8, 8)).save(root / "breakfast_box/ground_truth/logical_anomalies/001/001.png")
-    with pytest.raises(DatasetError, match=r"Mask .*logical_anomalies/001/001\.png is 8x8 .* is 64x64"):
-        validate_layout("mvtec_loco", root, "breakfast_box")
-    (root / "breakfast_box/validation/good/001.png").write_bytes(b"nope")
-    with pytest.raises(DatasetError, match=r"Cannot read image .*validation/good/001\.png"):
-        validate_layout("mvtec_loco", root, "breakfast_box")
