@@ -21,20 +21,9 @@ import run  # registers the ${project_root:} resolver the configs use
 
 CONF_DIR = str(run.ROOT / "conf")
 
-# Small enough for seconds on 2 CPU cores, large enough to exercise every stage for real.
-TINY = [
-    "fractal.num_classes=3",
-    "fractal.render.size=32",
-    "fractal.render.n_points=2000",
-    "pretrain.max_steps=4",
-    "pretrain.batch_size=8",
-    "pretrain.renders_per_system=8",
-    "pretrain.val_renders_per_system=4",
-    "pretrain.val_every_n_epochs=1",
-    "dataset.image_size=64",
-    "detector.log_images=2",
-    "mlflow.system_metrics=false",
-]
+# conf/debug/tiny.yaml: seconds on 2 CPU cores, large enough to exercise every stage for real; and
+# none of this machine's conf/local settings. Overrides, so subprocess tests pass them to run.py too.
+TINY = ["+debug=tiny", "~local"]
 
 
 def compose_config(out_dir: Path, *overrides: str, data_dir: Path | None = None) -> DictConfig:

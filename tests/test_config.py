@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import hydra
 import pytest
 from conftest import CONF_DIR, compose_config
+from hydra import compose, initialize_config_dir
 
 EXPERIMENTS = sorted(p.stem for p in Path(CONF_DIR, "experiment").glob("*.yaml"))
+# debug/ is composed by every test (conftest.TINY); experiment/ and base/ are tested on their own.
 GROUP_OPTIONS = [(g.name, p.stem) for g in sorted(Path(CONF_DIR).iterdir()) if g.is_dir()
-                 and g.name not in ("experiment", "hydra", "base") for p in sorted(g.glob("*.yaml"))]
+                 and g.name not in ("experiment", "hydra", "base", "debug") for p in sorted(g.glob("*.yaml"))]
 
 
 def test_the_three_foundation_experiments_exist():
@@ -59,8 +62,6 @@ def test_tracking_uri_is_an_absolute_sqlite_path(tmp_path):
 
 @pytest.mark.parametrize("name,categories", [("study_mvtec", 15), ("study_visa", 12)])
 def test_study_grids_sweep_three_backbones_over_every_category(name, categories, tmp_path):
-    from hydra import compose, initialize_config_dir
-
     from anomaly_data.datasets import DATASETS
 
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
@@ -78,10 +79,26 @@ def test_shared_settings_are_written_once_and_reach_every_detector_and_dataset(t
     (the built-in data's smaller batches) still wins."""
     for option in sorted(p.stem for p in Path(CONF_DIR, "detector").glob("*.yaml")):
         d = compose_config(tmp_path, f"detector={option}").detector
-        assert d.aupro_fpr_limit == 0.3 and d.log_images == 2, option  # 2: conftest.TINY's override
+        assert d.aupro_fpr_limit == 0.3 and d.log_images == 2, option  # 2: conf/debug/tiny.yaml
         assert "aupro_fpr_limit" not in Path(CONF_DIR, "detector", f"{option}.yaml").read_text()
     for option in sorted(p.stem for p in Path(CONF_DIR, "dataset").glob("*.yaml")):
         d = compose_config(tmp_path, f"dataset={option}").dataset
         assert d.datamodule.val_split_mode == "synthetic" and d.datamodule.root == d.root, option
     builtin = compose_config(tmp_path).dataset
     assert (builtin.builtin.image_size, builtin.datamodule.train_batch_size, builtin.datamodule.num_workers) == (128, 16, 0)
+
+
+def test_local_settings_reach_every_run_and_the_command_line_still_wins(tmp_path):
+    """conf/local/default.yaml (the shipped example, copied as a user would): dataset folders and the
+    GPU trainer for every run of this machine; absent, the defaults; `~local` leaves it out."""
+    conf = shutil.copytree(CONF_DIR, tmp_path / "conf")
+    shutil.copy(conf / "local/default.yaml.example", conf / "local/default.yaml")
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        local = compose("config", overrides=["dataset=visa"])
+        assert (local.dataset.root, local.trainer.accelerator) == ("/data/anomaly/VisA", "gpu")
+        assert local.paths.data_dir != "/data/anomaly"  # the built-in data is still generated in outputs/
+        assert compose("config", overrides=["dataset=visa", "dataset.root=/x"]).dataset.root == "/x"
+        assert compose("config", overrides=["~local"]).trainer.accelerator == "cpu"
+    (conf / "local/default.yaml").unlink()
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        assert compose("config", overrides=["dataset=visa"]).dataset.root.endswith("outputs/data/VisA")

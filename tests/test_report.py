@@ -15,7 +15,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY, runs_of
+from conftest import runs_of
 from scipy import stats
 
 from detection.metrics import HEADLINE, VALIDATION
@@ -267,8 +267,7 @@ def test_main_experiment_is_three_sources_on_one_architecture(backbone, tmp_path
 def test_main_experiment_compares_three_arms_on_one_architecture(tmp_path):
     """`python run.py -m +experiment=compare_builtin` shrunk (tiny pre-training, small built-in
     data, one category): three arms on one architecture in the report, and the closing lines."""
-    tiny = [o for o in TINY if o.startswith(("fractal.", "pretrain."))]
-    cmd = [sys.executable, str(ROOT / "run.py"), "-m", "+experiment=compare_builtin", *tiny,
+    cmd = [sys.executable, str(ROOT / "run.py"), "-m", "+experiment=compare_builtin", "+debug=tiny_pretrain",
            "dataset.category=tiles", f"paths.outputs_dir={tmp_path}", "mlflow.system_metrics=false",
            "detector.log_images=0", "dataset.builtin.n_train=12", "dataset.builtin.n_test_good=3",
            "dataset.builtin.n_test_defect=2"]

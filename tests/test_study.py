@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import timm
-from conftest import CONF_DIR, TINY, compose_config
+from conftest import CONF_DIR, compose_config
 from hydra import compose, initialize_config_dir
 
 from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
@@ -134,10 +134,9 @@ def test_study_experiment_imagenet_beats_random_on_patchcore(tmp_path):
     """`python run.py -m +experiment=study_builtin` narrowed to PatchCore on `tiles`: three real jobs
     (fractal with a short pre-training, offline ImageNet, random init) on the default built-in data,
     then the sweep report. ImageNet must beat random init by a clear margin on image AUROC."""
-    tiny_pretrain = [o for o in TINY if o.startswith(("fractal.", "pretrain."))]
     cmd = [sys.executable, str(ROOT / "run.py"), "-m", "+experiment=study_builtin", "detector=patchcore",
            "dataset.category=tiles", f"paths.outputs_dir={tmp_path}", "mlflow.system_metrics=false",
-           "detector.log_images=0", "pretrain.max_steps=20", *[o for o in tiny_pretrain if "max_steps" not in o]]
+           "detector.log_images=0", "+debug=tiny_pretrain", "pretrain.max_steps=20"]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
