@@ -19,10 +19,10 @@ def shared_fractal_backbone(cfg: DictConfig, train: Callable[[], tuple[Path | No
     """Jobs whose weights would be identical share one export (``train()`` returns the export folder
     and the pretrain run id).
 
-    The export is kept under ``outputs/backbones/<hash of fractal, pretrain, arch, trainer, seed>``;
+    The export is kept under ``outputs/backbones/<hash of fractal, pretrain, optim, arch, trainer, seed>``;
     the first job trains it while parallel jobs with the same hash wait on a lock, then reuse it.
     """
-    key = config_hash(cfg, ("fractal", "pretrain", "trainer", "seed")) + f"-{cfg.backbone.arch}"
+    key = config_hash(cfg, ("fractal", "pretrain", "optim", "trainer", "seed")) + f"-{cfg.backbone.arch}"
     shared = Path(cfg.paths.outputs_dir) / "backbones" / key
     with FileLock(shared.with_name(key + ".lock")):
         if (shared / "run.json").is_file():

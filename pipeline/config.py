@@ -35,10 +35,10 @@ def makes_fractal_weights(cfg: DictConfig) -> bool:
 
 def pretrain_hash(cfg: DictConfig) -> str:
     """The recipe of the backbone's weights, which (with detector and dataset) defines a report arm:
-    the backbone settings (source, arch, weights, normalisation), plus the fractal and pretrain
+    the backbone settings (source, arch, weights, normalisation), plus the fractal, pretrain and optim
     settings when this call trains the weights. Seeds vary within an arm, so they are left out."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    groups = ("backbone", "fractal", "pretrain") if makes_fractal_weights(cfg) else ("backbone",)
+    groups = ("backbone", "fractal", "pretrain", "optim") if makes_fractal_weights(cfg) else ("backbone",)
     picked = {g: {k: v for k, v in resolved[g].items() if k not in BOOKKEEPING} for g in groups}
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

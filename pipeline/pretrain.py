@@ -95,10 +95,8 @@ def pretrain(cfg: DictConfig, bank: SystemBank, out_dir: str | Path, bank_path: 
                             save_last=True, save_top_k=0),
                                    *([LearningRateMonitor(logging_interval="step")] if logger else [])])
     module = FractalClassifier(cfg.backbone.arch, bank.num_classes,
-                               optimizer=hydra.utils.instantiate(p.optimizer, _partial_=True),
-                               schedule=p.schedule, lr_milestones=list(p.lr_milestones),
-                               lr_gamma=p.lr_gamma, warmup_steps=p.warmup_steps,
-                               warmup_lr=p.get("warmup_lr", 0.0), min_lr=p.get("min_lr", 0.0),
+                               optimizer=hydra.utils.instantiate(cfg.optim.optimizer),
+                               schedule=hydra.utils.instantiate(cfg.optim.schedule),
                                mixup=OmegaConf.to_container(p.mixup))
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=resume_checkpoint(p, ckpt_dir))
@@ -112,7 +110,8 @@ def pretrain(cfg: DictConfig, bank: SystemBank, out_dir: str | Path, bank_path: 
         write_export(module.model, export_dir, mean, std, {"fractal.json": {
             "seed": cfg.seed, "arch": cfg.backbone.arch, "global_step": trainer.global_step,
             "bank": str(bank_path) if bank_path else None, "fractal": OmegaConf.to_container(cfg.fractal, resolve=True),
-            "pretrain": OmegaConf.to_container(p, resolve=True)}})
+            "pretrain": OmegaConf.to_container(p, resolve=True),
+            "optim": OmegaConf.to_container(cfg.optim, resolve=True)}})
         if active:
             mlflow.log_metrics(metrics, step=trainer.global_step)
             if monitor.grid_path:

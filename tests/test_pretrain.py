@@ -23,7 +23,7 @@ from run import ROOT
 def test_training_learns_a_five_class_fractal_problem(tiny_config, tmp_path):
     cfg = tiny_config("fractal.num_classes=5", "pretrain.max_steps=100", "pretrain.batch_size=20",
                       "pretrain.renders_per_system=20", "pretrain.val_renders_per_system=8",
-                      "pretrain.val_every_n_epochs=5", "pretrain.optimizer.lr=0.05")
+                      "pretrain.val_every_n_epochs=5", "optim.optimizer.lr=0.05")
     record = pretrain(cfg, generate(cfg, tmp_path / "fractals").bank, tmp_path / "pretrain")
     # chance is 20% and ln(5) = 1.61 nats; held-out renders are classified well above chance
     assert record.metrics["val_acc"] > 0.45, record.metrics
@@ -34,10 +34,9 @@ def test_training_learns_a_five_class_fractal_problem(tiny_config, tmp_path):
 
 
 def test_heavy_augmentation_recipe_trains(tiny_config, tmp_path):
-    cfg = tiny_config("fractal=ofdb", "pretrain=heavy_aug", "fractal.num_classes=4", "fractal.render.size=32",
-                      "fractal.render.n_points=2000", "pretrain.max_steps=4", "pretrain.batch_size=8",
-                      "pretrain.renders_per_system=4", "pretrain.val_renders_per_system=2", "pretrain.warmup_steps=2",
-                      "pretrain.crop_size=24")
+    cfg = tiny_config("fractal=ofdb", "pretrain=heavy_aug", "optim/schedule=ofdb", "fractal.num_classes=4",
+                      "pretrain.renders_per_system=4", "pretrain.val_renders_per_system=2",
+                      "optim.schedule.warmup_steps=2", "pretrain.crop_size=24")
     record = pretrain(cfg, generate(cfg, tmp_path / "fractals").bank, tmp_path / "pretrain")
     assert record.metrics["global_step"] == 4 and torch.isfinite(torch.tensor(record.metrics["train_loss_epoch"]))
 
@@ -134,16 +133,20 @@ def test_a_sweep_that_would_pretrain_with_ddp_fails_early_with_the_fix(tmp_path)
     assert not list(Path(tmp_path).glob("multirun/*/*/fractals"))
 
 
-def test_cosine_schedule_starts_at_warmup_lr_ends_at_min_lr_and_mixup_probability_reaches_timm():
-    """OFDB-4AD's schedule ends: warm-up from 1e-6, cosine down to 1e-5; MixUp/CutMix on 80% of batches."""
+def test_cosine_schedule_starts_at_warmup_lr_ends_at_min_lr_and_mixup_probability_reaches_timm(tiny_config):
+    """OFDB-4AD's schedule ends, as the config builds it: warm-up from 1e-6, cosine down to 1e-5 over the
+    run's steps; MixUp/CutMix on 80% of batches."""
+    import math
     import types
-    from functools import partial
+
+    import hydra
 
     from pretraining.model import FractalClassifier
 
-    def lrs(**kwargs):
-        module = FractalClassifier("resnet18", 4, optimizer=partial(torch.optim.SGD, lr=0.1), schedule="cosine",
-                                   warmup_steps=10, **kwargs)
+    def lrs(*overrides: str):
+        cfg = tiny_config("pretrain=heavy_aug", *overrides)
+        module = FractalClassifier("resnet18", 4, optimizer=hydra.utils.instantiate(cfg.optim.optimizer),
+                                   schedule=hydra.utils.instantiate(cfg.optim.schedule), mixup=cfg.pretrain.mixup)
         module._trainer = types.SimpleNamespace(estimated_stepping_batches=100)
         sched = module.configure_optimizers()["lr_scheduler"]["scheduler"]
         out = []
@@ -153,15 +156,15 @@ def test_cosine_schedule_starts_at_warmup_lr_ends_at_min_lr_and_mixup_probabilit
             sched.step()
         return out, module
 
-    plain, _ = lrs()
+    plain, _ = lrs("optim/schedule=cosine", "optim.schedule.warmup_steps=10")
     assert plain[0] == pytest.approx(0.1 / 10) and plain[9] == pytest.approx(0.1) and plain[-1] < 1e-4
-    ofdb, module = lrs(warmup_lr=1e-6, min_lr=1e-5, mixup={"mixup_alpha": 1.0, "cutmix_alpha": 1.0, "prob": 0.8})
+    ofdb, module = lrs("optim/schedule=ofdb", "optim.schedule.warmup_steps=10")
     assert ofdb[0] == pytest.approx(1e-6 + (0.1 - 1e-6) / 10)
-    import math
-
     assert ofdb[9] == pytest.approx(0.1) and min(ofdb) >= 1e-5
     assert ofdb[-1] == pytest.approx(1e-5 + (0.1 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 89 / 90)))
     assert module.mixup.mix_prob == 0.8 and module.mixup.switch_prob == 0.5
+    step, _ = lrs("optim/schedule=step")  # the study's: x0.1 at 30% and 60% of the run
+    assert step[29] == pytest.approx(0.1) and step[30] == pytest.approx(0.01) and step[60] == pytest.approx(0.001)
 
 
 def test_a_secondary_rank_samples_the_bank_rank_zero_stored(tmp_path):

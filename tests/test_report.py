@@ -205,10 +205,11 @@ def test_pretrain_hash_names_the_recipe_not_the_seed_or_the_bookkeeping(tmp_path
 
     fractal = h()
     assert fractal == h("seed=3", "detector=padim", "dataset.category=tiles", "pretrain.reuse=false")
-    for change in ("fractal.num_classes=4", "pretrain.max_steps=5", "backbone.arch=efficientnet_lite0",
+    for change in ("fractal.num_classes=4", "pretrain.max_steps=5", "optim/schedule=cosine", "optim.optimizer.lr=0.05",
+                   "backbone.arch=efficientnet_lite0",
                    "backbone.normalization=imagenet", "backbone=random", "backbone.weights=/some/export"):
         assert h(change) != fractal, change
-    assert h("backbone=random") == h("backbone=random", "fractal.num_classes=4")  # no pre-training
+    assert h("backbone=random") == h("backbone=random", "fractal.num_classes=4", "optim/schedule=cosine")  # no pre-training
 
 
 def log_run(client, experiment_id, tags, metrics, status="FINISHED"):
