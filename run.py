@@ -37,11 +37,12 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from console.errors import EXIT_USER_ERROR, UserError, format_user_error  # noqa: E402
 from console.logs import log  # noqa: E402
 from console.logs import setup as setup_logging  # noqa: E402
-from pipeline.config import makes_fractal_weights  # noqa: E402
+from pipeline.config import makes_fractal_weights, register_schemas  # noqa: E402
 from pipeline.job import run_pipeline, where_it_went  # noqa: E402
 from pipeline.launch import check_launch, is_secondary_rank, join_pretraining, select_gpu_for_job  # noqa: E402
 
 OmegaConf.register_new_resolver("project_root", lambda: str(ROOT), replace=True)
+register_schemas()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -7,17 +7,31 @@ import hashlib
 import json
 
 import lightning as L
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from console.errors import ConfigError
+from fractals.families import MultiFormulaConfig
+from fractals.render import RenderConfig
 
 STAGES = ("generate", "pretrain", "detect")
 
 # settings that change neither the weights nor how the detector sees them
 BOOKKEEPING = {"reuse", "resume", "log_export", "checkpoint_every_n_steps", "num_workers", "val_every_n_epochs",
                "val_renders_per_system", "allow_download", "offline_import"}
+
+
+def register_schemas() -> None:
+    """The renderer's dataclasses as structured configs (``conf/fractal/*.yaml`` list them first as
+    ``/schema/render`` and ``/schema/multi_formula``): a value of the wrong type, or a key the
+    dataclass does not have, fails at composition and names the key."""
+    store = ConfigStore.instance()
+    for name, cls in (("render", RenderConfig), ("multi_formula", MultiFormulaConfig)):
+        node = OmegaConf.structured(cls)
+        OmegaConf.set_readonly(node, False)  # the dataclasses are frozen; their configs stay overridable
+        store.store(group="schema", name=name, node=node)
 
 
 def config_hash(cfg: DictConfig, keys: tuple[str, ...] | None = None) -> str:

@@ -17,10 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from console.errors import ConfigError
-from fractals.families import FAMILIES
+from fractals.families import MultiFormulaConfig
 from fractals.ifs import SAMPLERS, SystemBank, fill_ratio, sample_bank
 from fractals.render import RenderConfig
-from pretraining.data import preview_grid
+from pretraining.data import check_family, preview_grid
 
 FILL_SAMPLE = 64  # systems whose fill ratio is measured and logged (a sanity figure, not a filter)
 
@@ -34,23 +34,30 @@ class GenerateRecord:
     num_systems: int
 
 
-def render_config(fractal: DictConfig) -> RenderConfig:
-    return RenderConfig(**fractal.render)
+def dataset_args(f: DictConfig) -> dict:
+    """``make_dataset``'s family keywords from the ``fractal`` group: the renderer's dataclasses, built
+    (and range-checked by their own ``__post_init__``) from their structured configs."""
+    return {"render_cfg": RenderConfig(**f.render), "family": f.family, "renderer": f.renderer,
+            "multi_formula": MultiFormulaConfig(**f.multi_formula) if "multi_formula" in f else None,
+            "augment": OmegaConf.to_container(f.augment) if "augment" in f else None}
 
 
 def check_fractal_config(f: DictConfig) -> None:
+    """What composition cannot check (types are checked there, by the structured configs): ranges and
+    the combinations of settings."""
     if f.num_classes < 2:
         raise ConfigError(f"fractal.num_classes must be >= 2 for a classification task, got {f.num_classes}")
     if f.systems_per_class < 1:
         raise ConfigError(f"fractal.systems_per_class must be >= 1, got {f.systems_per_class}")
-    family = f.get("family", "fractals")
-    if family not in FAMILIES:
-        raise ConfigError(f"unknown fractal.family {family!r}; choose from {FAMILIES}")
-    if family == "ofdb" and f.systems_per_class != 1:
+    check_family(f.family, f.renderer)
+    if f.family == "ofdb" and f.systems_per_class != 1:
         raise ConfigError("fractal.family=ofdb is one image per class: set fractal.systems_per_class=1")
-    if f.get("sampler", "anderson_farrell") not in SAMPLERS:
+    if f.sampler not in SAMPLERS:
         raise ConfigError(f"unknown fractal.sampler {f.sampler!r}; choose from {SAMPLERS}")
-    render_config(f)  # RenderConfig validates its own fields
+    try:
+        dataset_args(f)
+    except ValueError as err:  # RenderConfig / MultiFormulaConfig range checks
+        raise ConfigError(f"fractal.render / fractal.multi_formula: {err}") from err
 
 
 def sample_configured_bank(cfg: DictConfig) -> SystemBank:
@@ -58,12 +65,11 @@ def sample_configured_bank(cfg: DictConfig) -> SystemBank:
     rank samples the same bank itself instead of waiting for rank 0's file."""
     f = cfg.fractal
     check_fractal_config(f)
-    sampler = f.get("sampler", "anderson_farrell")
-    sampler_args = dict(f.get("fractaldb") or {}) if sampler == "fractaldb" else {}
+    sampler_args = dict(f.fractaldb) if f.sampler == "fractaldb" else {}
     if "maps" in sampler_args:
         sampler_args["maps"] = tuple(sampler_args["maps"])
-    meta = {"family": f.get("family", "fractals"), "fractal": OmegaConf.to_container(f, resolve=True)}
-    return sample_bank(f.num_classes, f.systems_per_class, seed=cfg.seed, sampler=sampler, meta=meta,
+    meta = {"family": f.family, "fractal": OmegaConf.to_container(f, resolve=True)}
+    return sample_bank(f.num_classes, f.systems_per_class, seed=cfg.seed, sampler=f.sampler, meta=meta,
                        **sampler_args)
 
 
@@ -78,7 +84,7 @@ def generate(cfg: DictConfig, out_dir: str | Path) -> GenerateRecord:
     bank_path = bank.save(out_dir / "systems.npz")
 
     start = time.perf_counter()
-    grid = preview_grid(bank, render_config(f), seed=cfg.seed, fractal=f)
+    grid = preview_grid(bank, seed=cfg.seed, **dataset_args(f))
     preview_s = time.perf_counter() - start
     preview_path = out_dir / "preview.png"
     Image.fromarray(grid).save(preview_path)

@@ -28,6 +28,7 @@ from console.logs import log
 from console.progress import StepProgress
 from detection.export import write_export
 from fractals.ifs import SystemBank
+from pipeline.generate import dataset_args
 from pretraining.callbacks import FirstBatchAndDataWait, RngState
 from pretraining.data import TRAIN, VAL, FractalDataModule, make_dataset
 from pretraining.model import FractalClassifier
@@ -74,8 +75,11 @@ def pretrain(cfg: DictConfig, bank: SystemBank, out_dir: str | Path, bank_path: 
     per_device = check_pretrain_config(p, max(devices, 1) * t.get("num_nodes", 1))
     out_dir = Path(out_dir)
     mean, std = [float(v) for v in p.mean], [float(v) for v in p.std]
-    data = FractalDataModule(make_dataset(cfg.fractal, bank, cfg.seed, p.renders_per_system, TRAIN, mean, std),
-                             make_dataset(cfg.fractal, bank, cfg.seed, p.val_renders_per_system, VAL, mean, std),
+    family = dataset_args(cfg.fractal)
+    data = FractalDataModule(make_dataset(bank, seed=cfg.seed, renders_per_system=p.renders_per_system, stream=TRAIN,
+                                          mean=mean, std=std, **family),
+                             make_dataset(bank, seed=cfg.seed, renders_per_system=p.val_renders_per_system,
+                                          stream=VAL, mean=mean, std=std, **family),
                              cfg.seed, per_device, p.num_workers, p.crop_size)
     if len(data.train_set) < p.batch_size:
         raise ConfigError(f"pretrain.batch_size={p.batch_size} exceeds the {len(data.train_set)} training "

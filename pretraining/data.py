@@ -9,7 +9,7 @@ persistent workers need no shared state to know which epoch they are rendering.
 
 Every family has ``len(bank) * renders_per_system`` items per epoch; item i belongs to system
 ``i // renders_per_system`` and carries that system's class, so class balance and the sampler are
-the same for all families. ``make_dataset`` picks the class from ``fractal.family``.
+the same for all families. ``make_dataset`` picks the class from the family's name.
 """
 
 from __future__ import annotations
@@ -202,27 +202,35 @@ class GpuBatchRenderer:
         return (x - mean) / std, labels.to(device)
 
 
-def make_dataset(fractal: Mapping, bank: SystemBank, seed: int, renders_per_system: int,
-                 stream: int = TRAIN, mean: float | tuple = 0.2, std: float | tuple = 0.5):
-    """The Dataset of ``fractal.family`` (the ``fractal`` config group) over ``bank``; with
-    ``fractal.renderer: torch`` a ``RenderKeys`` for ``GpuBatchRenderer`` (single fractals only)."""
-    family = fractal.get("family", "fractals")
-    renderer = fractal.get("renderer", "cpu")
-    if renderer not in ("cpu", "torch"):
-        raise ConfigError(f"unknown fractal.renderer {renderer!r}; choose cpu or torch")
-    if renderer == "torch" and family != "fractals":
-        raise ConfigError(f"fractal.renderer=torch renders the 'fractals' family only, not {family!r}")
+RENDERERS = ("cpu", "torch")
+
+
+def check_family(family: str, renderer: str = "cpu") -> None:
+    """The one check of a family and renderer name (the pipeline calls it before anything starts)."""
     if family not in FAMILIES:
-        raise ConfigError(f"unknown fractal.family {family!r}; choose from {FAMILIES}")
+        raise ConfigError(f"unknown fractal family {family!r} (fractal.family); choose from {FAMILIES}")
+    if renderer not in RENDERERS:
+        raise ConfigError(f"unknown renderer {renderer!r} (fractal.renderer); choose from {RENDERERS}")
+    if renderer == "torch" and family != "fractals":
+        raise ConfigError(f"the torch renderer renders the 'fractals' family only, not {family!r}")
+
+
+def make_dataset(bank: SystemBank, render_cfg: RenderConfig, seed: int, renders_per_system: int,
+                 stream: int = TRAIN, mean: float | tuple = 0.2, std: float | tuple = 0.5, *,
+                 family: str = "fractals", renderer: str = "cpu",
+                 multi_formula: MultiFormulaConfig | None = None, augment: Mapping | None = None):
+    """The Dataset of ``family`` over ``bank``: ``FractalImages``, ``MultiFormulaImages`` (laid out
+    by ``multi_formula``) or ``OneImagePerClass`` (augmented by ``augment``); with
+    ``renderer="torch"`` a ``RenderKeys`` for ``GpuBatchRenderer`` (single fractals only)."""
+    check_family(family, renderer)
     if bank.family is not None and bank.family != family:
         raise ConfigError(f"the IFS bank was generated for family {bank.family!r}, the config asks "
-                         f"for {family!r}; rerun the generate stage")
-    render_cfg = RenderConfig(**fractal["render"])
+                          f"for {family!r}; rerun the generate stage")
     args = (bank, render_cfg, seed, renders_per_system, stream, mean, std)
     if family == "multi_formula":
-        return MultiFormulaImages(*args, multi_formula=MultiFormulaConfig(**(fractal.get("multi_formula") or {})))
+        return MultiFormulaImages(*args, multi_formula=multi_formula or MultiFormulaConfig())
     if family == "ofdb":
-        return OneImagePerClass(*args, augment=fractal.get("augment"))
+        return OneImagePerClass(*args, augment=augment)
     return RenderKeys(FractalImages(*args)) if renderer == "torch" else FractalImages(*args)
 
 
@@ -252,11 +260,11 @@ class EpochSampler(Sampler[int]):
 
 
 def preview_grid(bank: SystemBank, render_cfg: RenderConfig, seed: int, per_class: int = 8,
-                 max_classes: int = 16, fractal: Mapping | None = None) -> np.ndarray:
-    """One row per class, ``per_class`` images of that class: an RGB uint8 mosaic. With the
-    ``fractal`` config group, the images are those of its family (else single fractals)."""
-    data = (make_dataset(fractal, bank, seed, per_class, PREVIEW) if fractal is not None
-            else FractalImages(bank, render_cfg, seed, per_class, PREVIEW))
+                 max_classes: int = 16, **family) -> np.ndarray:
+    """One row per class, ``per_class`` images of that class: an RGB uint8 mosaic, from the preview
+    stream (never training images). ``family``: ``make_dataset``'s family keywords (default:
+    single fractals)."""
+    data = make_dataset(bank, render_cfg, seed, per_class, PREVIEW, **family)
     if isinstance(data, RenderKeys):  # GPU renderer: preview its CPU twin (same per-render draws)
         data = data.images
     rows = []

@@ -50,11 +50,12 @@ def make(name: str):
 
     torch.set_num_threads(1)  # as in a DataLoader worker; the ofdb augmentation runs in torch
     from fractals.ifs import sample_bank
+    from fractals.render import RenderConfig
     from pretraining.data import make_dataset
 
     family, spc, render, extra = SETTINGS[name]
     bank = sample_bank(100, spc, seed=0, meta={"family": family})
-    return make_dataset({"family": family, "render": render, **extra}, bank, seed=0, renders_per_system=1000)
+    return make_dataset(bank, RenderConfig(**render), seed=0, renders_per_system=1000, family=family, **extra)
 
 
 def render_many(data, start: int, n: int, clock=time.perf_counter) -> float:

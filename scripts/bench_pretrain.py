@@ -42,6 +42,7 @@ def main() -> None:
     import run  # noqa: F401  (registers the config resolvers)
     from fractals.ifs import sample_bank
     from pretraining.data import random_crop
+    from pipeline.generate import dataset_args
     from pretraining.data import TRAIN, EpochSampler, make_dataset
     from pretraining.model import FractalClassifier
 
@@ -49,7 +50,8 @@ def main() -> None:
         cfg = compose("config", overrides=[f"backbone.arch={args.arch}", "paths.output_dir=/tmp", *args.overrides])
     f, p = cfg.fractal, cfg.pretrain
     bank = sample_bank(f.num_classes, f.systems_per_class, seed=cfg.seed)
-    dataset = make_dataset(f, bank, cfg.seed, p.renders_per_system, TRAIN, list(p.mean), list(p.std))
+    dataset = make_dataset(bank, seed=cfg.seed, renders_per_system=p.renders_per_system, stream=TRAIN,
+                           mean=list(p.mean), std=list(p.std), **dataset_args(f))
     loader = DataLoader(dataset, batch_size=args.batch, num_workers=args.workers, drop_last=True,
                         sampler=EpochSampler(len(dataset), cfg.seed), persistent_workers=args.workers > 0)
 

@@ -102,3 +102,14 @@ def test_local_settings_reach_every_run_and_the_command_line_still_wins(tmp_path
     (conf / "local/default.yaml").unlink()
     with initialize_config_dir(str(conf), version_base="1.3"):
         assert compose("config", overrides=["dataset=visa"]).dataset.root.endswith("outputs/data/VisA")
+
+
+@pytest.mark.parametrize("override", ["fractal.render.size=big", "fractal.render.blur_p=often",
+                                      "fractal=multi_formula fractal.multi_formula.max_fractals=many"])
+def test_a_wrongly_typed_render_setting_fails_at_composition_naming_its_key(override, tmp_path):
+    """The renderer's dataclasses are structured configs: the type error surfaces before anything runs."""
+    from hydra.errors import ConfigCompositionException
+
+    *group, value = override.split()
+    with pytest.raises(ConfigCompositionException, match=value.split("=")[0].replace(".", r"\.")):
+        compose_config(tmp_path, *group, value)

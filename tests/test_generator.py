@@ -35,7 +35,7 @@ from fractals.ifs import (
     spectral_norm2,
 )
 from fractals.render import RenderConfig, derive_key, render, render_key
-from pipeline.generate import generate, load_bank
+from pipeline.generate import dataset_args, generate, load_bank
 from pretraining.data import (
     PREVIEW,
     TRAIN,
@@ -59,13 +59,14 @@ def bank() -> SystemBank:
     return sample_bank(6, 3, seed=11)
 
 
-def fractal_cfg(family: str, **render) -> dict:
-    cfg = {"family": family, "render": {"size": 32, "n_points": 4000, "patch": True, "blur_p": 0.5, **render}}
+def family_args(family: str, **render) -> dict:
+    """``make_dataset``'s family keywords at test sizes."""
+    args = {"family": family, "render_cfg": RenderConfig(size=32, n_points=4000, patch=True, blur_p=0.5, **render)}
     if family == "multi_formula":
-        cfg["multi_formula"] = {"min_fractals": 4, "max_fractals": 10, "min_scale": 0.15, "max_scale": 0.6}
+        args["multi_formula"] = MultiFormulaConfig(min_fractals=4, max_fractals=10, min_scale=0.15, max_scale=0.6)
     if family == "ofdb":
-        cfg["augment"] = {"enabled": True, "crop_scale": [0.3, 1.0], "auto_augment": True, "random_erasing": 0.25}
-    return cfg
+        args["augment"] = {"enabled": True, "crop_scale": [0.3, 1.0], "auto_augment": True, "random_erasing": 0.25}
+    return args
 
 
 def ofdb_bank() -> SystemBank:
@@ -379,9 +380,9 @@ def test_multi_formula_layout_follows_the_study():
         MultiFormulaConfig(min_fractals=5, max_fractals=4)
 def test_ofdb_one_fixed_image_per_class_augmented_reproducibly():
     bank = ofdb_bank()
-    cfg = fractal_cfg("ofdb")
-    train = make_dataset(cfg, bank, seed=0, renders_per_system=4, stream=TRAIN)
-    val = make_dataset(cfg, bank, seed=0, renders_per_system=4, stream=VAL)
+    args = family_args("ofdb")
+    train = make_dataset(bank, seed=0, renders_per_system=4, stream=TRAIN, **args)
+    val = make_dataset(bank, seed=0, renders_per_system=4, stream=VAL, **args)
     assert isinstance(train, OneImagePerClass)
     np.testing.assert_array_equal(train.base_image(2), val.base_image(2))
     x0, y0 = train[8]
@@ -393,19 +394,21 @@ def test_ofdb_one_fixed_image_per_class_augmented_reproducibly():
     torch.manual_seed(123)
     assert torch.equal(train[8][0], x0)
     assert torch.equal(torch.rand(1), before), "augmentation leaves torch's global generator alone"
-    plain = make_dataset({**cfg, "augment": {"enabled": False}}, bank, 0, 4)
+    plain = make_dataset(bank, seed=0, renders_per_system=4, **{**args, "augment": {"enabled": False}})
     np.testing.assert_array_equal(plain.render_index(9, 0)[0], train.base_image(2))
     with pytest.raises(ValueError, match="one system per class"):
         OneImagePerClass(sample_bank(3, 2, seed=0), SMALL, 0, 1)
 
 
 def test_make_dataset_checks_the_family(bank):
-    assert isinstance(make_dataset(fractal_cfg("fractals"), bank, 0, 2), FractalImages)
+    assert isinstance(make_dataset(bank, seed=0, renders_per_system=2, **family_args("fractals")), FractalImages)
     tagged = SystemBank(bank.A, bank.b, bank.n_maps, bank.labels, meta={"family": "multi_formula"})
     with pytest.raises(ValueError, match="generated for family"):
-        make_dataset(fractal_cfg("fractals"), tagged, 0, 2)
-    with pytest.raises(ValueError, match="unknown fractal.family"):
-        make_dataset(fractal_cfg("mandelbulb"), bank, 0, 2)
+        make_dataset(tagged, seed=0, renders_per_system=2, **family_args("fractals"))
+    with pytest.raises(ValueError, match="unknown fractal family 'mandelbulb'"):
+        make_dataset(bank, seed=0, renders_per_system=2, **family_args("mandelbulb"))
+    with pytest.raises(ValueError, match="'fractals' family only"):
+        make_dataset(bank, seed=0, renders_per_system=2, renderer="torch", **family_args("multi_formula"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,15 +432,15 @@ def _epochs(dataset, num_workers: int, batch_size: int, epochs: int = 2):
 @pytest.mark.parametrize("family", ["fractals", "multi_formula", "ofdb"])
 def test_bit_exact_across_runs_workers_and_batch_sizes(family, bank):
     b = ofdb_bank() if family == "ofdb" else bank
-    cfg = fractal_cfg(family)
-    x0, y0 = _epochs(make_dataset(cfg, b, seed=1, renders_per_system=2), num_workers=0, batch_size=4)
-    x1, y1 = _epochs(make_dataset(cfg, b, seed=1, renders_per_system=2), num_workers=0, batch_size=4)
-    x2, y2 = _epochs(make_dataset(cfg, b, seed=1, renders_per_system=2), num_workers=2, batch_size=5)
+    args = family_args(family)
+    x0, y0 = _epochs(make_dataset(b, seed=1, renders_per_system=2, **args), num_workers=0, batch_size=4)
+    x1, y1 = _epochs(make_dataset(b, seed=1, renders_per_system=2, **args), num_workers=0, batch_size=4)
+    x2, y2 = _epochs(make_dataset(b, seed=1, renders_per_system=2, **args), num_workers=2, batch_size=5)
     assert torch.equal(x0, x1) and torch.equal(y0, y1), "two runs"
     assert torch.equal(x0, x2) and torch.equal(y0, y2), "num_workers 0 vs 2, batch 4 vs 5"
     half = len(x0) // 2
     assert not torch.equal(x0[:half], x0[half:]), "epochs differ"
-    x3, _ = _epochs(make_dataset(cfg, b, seed=2, renders_per_system=2), num_workers=0, batch_size=4)
+    x3, _ = _epochs(make_dataset(b, seed=2, renders_per_system=2, **args), num_workers=0, batch_size=4)
     assert not torch.equal(x0, x3), "the seed matters"
 
 
@@ -454,18 +457,20 @@ def test_renders_match_a_separate_process(bank):
 import hashlib, json
 from pretraining.data import make_dataset
 from fractals.ifs import sample_bank
+from fractals.families import MultiFormulaConfig
+from fractals.render import RenderConfig
+family_args = %s
 out = {}
 for family, b in [("fractals", sample_bank(6, 3, seed=11)), ("multi_formula", sample_bank(6, 3, seed=11)),
                   ("ofdb", sample_bank(6, 1, seed=11, meta={"family": "ofdb"}))]:
-    cfg = %s
-    d = make_dataset(cfg[family], b, seed=1, renders_per_system=2)
+    d = make_dataset(b, seed=1, renders_per_system=2, **family_args[family])
     out[family] = hashlib.sha256(b"".join(d[k][0].numpy().tobytes() for k in (0, 5, 40))).hexdigest()
 print(json.dumps(out))
-""" % repr({f: fractal_cfg(f) for f in ("fractals", "multi_formula", "ofdb")})
+""" % repr({f: family_args(f) for f in ("fractals", "multi_formula", "ofdb")})
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     theirs = json.loads(res.stdout.strip().splitlines()[-1])
     for family, b in [("fractals", bank), ("multi_formula", bank), ("ofdb", ofdb_bank())]:
-        d = make_dataset(fractal_cfg(family), b, seed=1, renders_per_system=2)
+        d = make_dataset(b, seed=1, renders_per_system=2, **family_args(family))
         ours = hashlib.sha256(b"".join(d[k][0].numpy().tobytes() for k in (0, 5, 40))).hexdigest()
         assert ours == theirs[family], family
 
@@ -488,7 +493,7 @@ def test_every_fractal_config_composes_and_generates(name, tmp_path):
     assert bank.family == cfg.fractal.family and bank.meta["fractal"]["num_classes"] == 3
     grid = np.asarray(Image.open(rec.preview_path))
     assert grid.shape == (3 * 32, 8 * 32, 3) and grid.any()
-    data = make_dataset(cfg.fractal, bank, cfg.seed, 2, TRAIN)
+    data = make_dataset(bank, seed=cfg.seed, renders_per_system=2, stream=TRAIN, **dataset_args(cfg.fractal))
     x, y = data[0]
     assert x.shape == (3, 32, 32) and y == 0
 
@@ -512,11 +517,12 @@ def test_default_config_stays_a_small_cpu_setting():
 def test_generate_rejects_bad_family_settings(tmp_path):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         bad = compose(config_name="config", overrides=["fractal=ofdb", "fractal.systems_per_class=2"])
-        unknown = compose(config_name="config", overrides=["fractal.family=mandelbulb"])
+        small = compose(config_name="config", overrides=["fractal.render.size=4"])
     with pytest.raises(ValueError, match="systems_per_class=1"):
         generate(bad, tmp_path)
-    with pytest.raises(ValueError, match="unknown fractal.family"):
-        generate(unknown, tmp_path)
+    with pytest.raises(ValueError, match="fractal.render .*size must be >= 8"):  # RenderConfig's range check
+        generate(small, tmp_path)
+    assert not list(tmp_path.iterdir()), "nothing written before the checks"
 
 
 def test_preview_grid_has_one_row_per_class(bank):

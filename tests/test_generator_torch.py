@@ -69,8 +69,7 @@ def test_reproducible_and_independent_of_the_batch():
 
 def test_render_keys_dataset_and_batch_renderer():
     bank = sample_bank(3, 2, seed=0)
-    fractal = {"family": "fractals", "renderer": "torch", "render": {"size": 32, "n_points": 5000}}
-    data = make_dataset(fractal, bank, seed=0, renders_per_system=2)
+    data = make_dataset(bank, RenderConfig(size=32, n_points=5000), seed=0, renders_per_system=2, renderer="torch")
     assert isinstance(data, RenderKeys) and len(data) == 12
     batch = torch.utils.data.default_collate([data[k] for k in (0, 5, 11, 12 + 3)])
     x, y = GpuBatchRenderer(data.images, walkers=64)(batch, "cpu")
@@ -79,5 +78,3 @@ def test_render_keys_dataset_and_batch_renderer():
     cpu = data.images.render_uint8(5)[0].astype(float)
     gpu = (x[1] * 0.5 + 0.2).clamp(0, 1).permute(1, 2, 0).numpy() * 255
     assert abs(cpu.mean() - gpu.mean()) < 0.35 * max(cpu.mean(), 1)
-    with pytest.raises(ValueError, match="fractals"):
-        make_dataset({**fractal, "family": "multi_formula"}, bank, 0, 2)
