@@ -1,15 +1,33 @@
-"""Datamodule glue: anomalib's own datamodules, patched only where they break in this environment."""
+"""Datamodule glue: anomalib's own datamodules, patched only where they break in this environment, and
+the built-in dataset as one of them."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from contextlib import contextmanager
 
 import pandas as pd
+from anomalib.data import MVTecAD
 from anomalib.data import MVTecAD2 as AnomalibMVTecAD2
 from anomalib.data import MVTecLOCO as AnomalibMVTecLOCO
 from anomalib.data import RealIAD as AnomalibRealIAD
 from anomalib.data.utils import TestSplitMode, ValSplitMode
+
+from anomaly_data.builtin import make_builtin_dataset
+
+
+class Builtin(MVTecAD):
+    """The built-in dataset: anomalib's MVTec AD loader (the data is written in that layout), whose
+    ``prepare_data`` builds the data (``make_builtin_dataset(root, **generation)``: locked, reused
+    when it matches) where MVTec AD's would download it. Lightning calls it before fitting."""
+
+    def __init__(self, *args, generation: Mapping | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.generation = dict(generation or {})
+
+    def prepare_data(self) -> None:
+        make_builtin_dataset(self.root, **self.generation)
 
 
 class MVTecLOCO(AnomalibMVTecLOCO):

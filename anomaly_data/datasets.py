@@ -31,31 +31,22 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from anomalib.data.datasets.image import mvtec_loco, mvtecad, mvtecad2, realiad, visa
 from PIL import Image
 
 from anomaly_data.builtin import CATEGORIES as BUILTIN_CATEGORIES
 from console.errors import UserError
 
+# The official categories: anomalib's own lists, ours for the built-in data.
 DATASETS: dict[str, tuple[str, ...]] = {
-    "mvtec": (
-        "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
-        "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
-    ),
-    "visa": (
-        "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2",
-        "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum",
-    ),
-    "mvtec_loco": ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors"),
+    "mvtec": tuple(mvtecad.CATEGORIES),
+    "visa": tuple(visa.CATEGORIES),
+    "mvtec_loco": tuple(mvtec_loco.CATEGORIES),
     "builtin": tuple(BUILTIN_CATEGORIES),
-    "mvtec_ad2": ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts"),
-    "real_iad": (
-        "audiojack", "bottle_cap", "button_battery", "end_cap", "eraser", "fire_hood", "mint", "mounts",
-        "pcb", "phone_battery", "plastic_nut", "plastic_plug", "porcelain_doll", "regulator",
-        "rolled_strip_base", "sim_card_set", "switch", "tape", "terminalblock", "toothbrush", "toy_brick",
-        "toy", "transistor1", "u_block", "usb_adaptor", "usb", "vcpill", "wooden_beads", "woodstick", "zipper",
-    ),
+    "mvtec_ad2": tuple(mvtecad2.CATEGORIES),
+    "real_iad": tuple(realiad.CATEGORIES),
     "folder": (),  # any data in anomalib's Folder layout; dataset.category is only its display name
-}  # fmt: skip
+}
 
 # Datasets whose category is any folder under root in their layout (the user's own parts), not only
 # the official names.

@@ -9,7 +9,6 @@ import hydra
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
-from anomaly_data.builtin import make_builtin_dataset
 from anomaly_data.datasets import validate_folder, validate_layout, validate_real_iad
 from console.logs import log
 from detection.backbone import Backbone, BackboneError
@@ -77,7 +76,7 @@ def prepare_dataset(d: DictConfig) -> Path:
     not the test set. The pipeline calls it before any stage, so a wrong root costs no pre-training."""
     input_transform(d.image_size, d.get("crop"), (0.5,) * 3, (0.5,) * 3)
     if d.name == "builtin":
-        make_builtin_dataset(d.root, **d.builtin)
+        hydra.utils.instantiate(d.datamodule).prepare_data()  # builds it on first use
     folder = validate_dataset(d)
     leakage_guard(d.datamodule.get("val_split_mode", "same_as_test"))
     return folder

@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from console.errors import ConfigError
 from console.logs import log
-from detection.metrics import HEADLINE, format_table
+from detection.metrics import HEADLINE
 from pipeline import tracking
 from pipeline.backbones import shared_fractal_backbone
 from pipeline.config import check_job, config_hash, is_multirun, makes_fractal_weights, pretrain_hash, seed_stage
@@ -76,7 +77,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
                                    "weights_origin": backbone.weights})  # e.g. timm hub timm/<arch>.<tag>
                 metrics = detect(cfg, backbone, out_dir / "detect", dataset_prepared=True).metrics
             mlflow.log_metrics({k: metrics[k] for k in HEADLINE if k in metrics})
-            log.info("\n" + format_table([{**tags, **metrics}]) + "\n")
+            row = pd.DataFrame([{**tags, **metrics}]).reindex(columns=["backbone", "detector", "category", *HEADLINE])
+            log.info("\n" + row.to_string(index=False, float_format="{:.3f}".format, na_rep="-") + "\n")
     return metrics
 
 

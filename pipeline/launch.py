@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.utilities.rank_zero import _get_rank
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -19,12 +20,10 @@ from pipeline.pretrain import pretrain
 
 def is_secondary_rank() -> bool:
     """True in DDP processes other than global rank 0 (Lightning's re-executed children, torchrun,
-    SLURM tasks): they run this script too, but only to join the training."""
-    if "RANK" in os.environ:
-        return int(os.environ["RANK"]) > 0
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        return int(os.environ.get("SLURM_PROCID", "0")) > 0
-    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+    SLURM tasks): they run this script too, but only to join the training. Lightning's own reading
+    of the environment (RANK, LOCAL_RANK, SLURM_PROCID, ...), read now rather than at its import,
+    plus NODE_RANK: the first process of node n > 0 in a manual multi-node start has LOCAL_RANK 0."""
+    return (_get_rank() or 0) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
 
 
 def join_pretraining(cfg: DictConfig) -> None:

@@ -178,3 +178,17 @@ def test_a_secondary_rank_samples_the_bank_rank_zero_stored(tmp_path):
         mine = sample_configured_bank(cfg)
         for field in ("A", "b", "n_maps", "labels"):
             np.testing.assert_array_equal(getattr(mine, field), getattr(stored, field))
+
+
+@pytest.mark.parametrize("env,secondary", [({}, False), ({"RANK": "0"}, False), ({"RANK": "3"}, True),
+                                           ({"LOCAL_RANK": "1"}, True), ({"SLURM_PROCID": "2"}, True),
+                                           ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, False),
+                                           ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, True)])
+def test_secondary_ranks_are_told_apart_from_rank_zero_by_the_launchers_environment(env, secondary, monkeypatch):
+    from pipeline.launch import is_secondary_rank
+
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "NODE_RANK", "JSM_NAMESPACE_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert is_secondary_rank() is secondary
