@@ -136,12 +136,14 @@ def selection_callbacks(selection: Selection | None, out_dir: Path) -> list:
 
 def fit_and_test(model, datamodule, out_dir: str | Path, *, labels: dict[str, str], dataset_root: str | Path,
                  selection: Selection | None = None, max_epochs: int = 1, accelerator: str = "auto",
-                 normals_for_fitting: bool = False, log_images: int = 0, verbose: bool = False) -> DetectRecord:
+                 normals_for_fitting: bool = False, log_images: int = 0, verbose: bool = False,
+                 logger=None) -> DetectRecord:
     """Fit ``model`` (an anomalib model, built and seeded by the caller) on ``datamodule``'s training
     normals, select its epoch on the validation split (``selection``, detectors that train), and
     test it. ``normals_for_fitting``: fit on every training normal (memory-bank and density
     detectors; see ``fit_on_all_normals``). ``labels`` (dataset, category, backbone, detector) head
-    the metrics.csv row; ``dataset_root`` makes predictions.csv's image paths relative."""
+    the metrics.csv row; ``dataset_root`` makes predictions.csv's image paths relative. ``logger``: a
+    Lightning logger for the per-epoch curves (losses, validation metrics) of detectors that train."""
     from anomalib.engine import Engine
 
     out_dir = Path(out_dir)
@@ -150,7 +152,7 @@ def fit_and_test(model, datamodule, out_dir: str | Path, *, labels: dict[str, st
     roc = RocCollector()
     callbacks = selection_callbacks(selection, out_dir)
     # one device: multi-GPU belongs to pre-training; sweeps spread detect jobs over GPUs instead
-    engine = Engine(accelerator=accelerator, devices=1, default_root_dir=out_dir, logger=False,
+    engine = Engine(accelerator=accelerator, devices=1, default_root_dir=out_dir, logger=logger or False,
                     max_epochs=max_epochs, enable_model_summary=verbose,
                     callbacks=[*callbacks, roc, StepProgress("detect")])
 

@@ -85,6 +85,7 @@ def prepare_dataset(d: DictConfig) -> Path:
 def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path, dataset_prepared: bool = False) -> DetectRecord:
     """Build, fit and test the configured detector on ``backbone``; log metrics and files to the
     active MLflow run (if any). ``dataset_prepared``: ``prepare_dataset`` already ran in this call."""
+    from anomalib.loggers import AnomalibMLFlowLogger
     from anomalib.pre_processing import PreProcessor
 
     d = cfg.dataset
@@ -103,13 +104,17 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path, dataset_pre
                               evaluator=study_evaluator(cfg.detector.aupro_fpr_limit, pixel=dataset_has_masks(d)))
     datamodule = hydra.utils.instantiate(d.datamodule, seed=cfg.seed)
     sel = cfg.detector.get("selection")
+    # anomalib's MLflow logger writes into this stage's run: the per-epoch curves of detectors that train
+    active = mlflow.active_run()
+    logger = (AnomalibMLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=active.info.run_id)
+              if active and sel else None)
     record = fit_and_test(
         model, datamodule, out_dir, dataset_root=d.root,
         labels={"dataset": d.name, "category": d.category, "backbone": backbone.source, "detector": cfg.detector.name},
         selection=Selection(sel.monitor, sel.mode, sel.get("patience")) if sel else None,
         max_epochs=cfg.detector.get("max_epochs", 1), accelerator=cfg.trainer.accelerator,
         normals_for_fitting=cfg.detector.get("fit_on_all_normals", False),
-        log_images=cfg.detector.log_images, verbose=cfg.get("verbose", False))
+        log_images=cfg.detector.log_images, verbose=cfg.get("verbose", False), logger=logger)
     if mlflow.active_run():
         mlflow.log_metrics(record.metrics)
         for path in (record.metrics_csv, record.predictions_csv, record.roc_png):

@@ -213,8 +213,18 @@ def test_validation_on_the_test_set_is_refused(tmp_path, data, fractal_export):
 
 
 def test_trained_detector_keeps_the_best_validation_epoch(tmp_path, data, fractal_export):
+    """The tested checkpoint is the epoch with the best validation pixel AUROC, as the per-epoch curve
+    that anomalib's MLflow logger writes into the stage run shows it."""
+    import mlflow
+
     cfg = config(tmp_path, data, "stfpm", "detector.max_epochs=3", "detector.selection.patience=null")
-    record = detect(cfg, backbone_of("random", fractal_export), tmp_path / "detect")
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    with mlflow.start_run() as run:
+        record = detect(cfg, backbone_of("random", fractal_export), tmp_path / "detect")
+    curve = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_pixel_AUROC")
+    per_epoch = [m.value for m in sorted(curve, key=lambda m: m.timestamp)][:3]  # then the selected epoch's, re-validated
+    assert len(curve) >= 3 and len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss_epoch")) == 3
+    assert record.metrics["selected_epoch"] == int(np.argmax(per_epoch))
     assert record.metrics["epochs_run"] == 3.0
     best = list((tmp_path / "detect" / "weights").glob("best-epoch=*.ckpt"))
     assert len(best) == 1
