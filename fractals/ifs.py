@@ -123,12 +123,6 @@ def sample_system(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return A, b
 
 
-def sigma_factor(A: np.ndarray) -> float:
-    """sum_k (s1_k + 2 s2_k) from the singular values of the maps (Anderson & Farrell, eq. 3)."""
-    s = np.linalg.svd(A, compute_uv=False)
-    return float((s[:, 0] + 2.0 * s[:, 1]).sum())
-
-
 def fill_ratio(A: np.ndarray, b: np.ndarray, size: int = 512, n_points: int = 100_000,
                seed: int = 0) -> float:
     """Fraction of pixels hit by the chaos game in a window fitted to the attractor's bounding box
@@ -150,13 +144,6 @@ def sample_system_fractaldb(rng: np.random.Generator, fill_rate: float = 0.2,
         if fill_ratio(A, b, fill_size, fill_points, int(rng.integers(2**62))) >= fill_rate:
             return A, b
     raise RuntimeError(f"no FractalDB system reached fill rate {fill_rate} in {max_tries} tries")
-
-
-def map_probabilities(A: np.ndarray) -> np.ndarray:
-    """p_k proportional to |det A_k| (the reference's rule; the renderer's table is within 1/1024
-    of it and keeps every map reachable)."""
-    det = np.abs(np.linalg.det(A))
-    return det / det.sum()
 
 
 def sample_bank(num_classes: int, systems_per_class: int, seed: int,
@@ -184,11 +171,3 @@ def sample_bank(num_classes: int, systems_per_class: int, seed: int,
     labels = np.repeat(np.arange(num_classes, dtype=np.int64), systems_per_class)
     meta = {"sampler": sampler, "seed": seed, **(meta or {})}
     return SystemBank(A=A, b=b, n_maps=n_maps, labels=labels, meta=meta)
-
-
-def spectral_norm2(M: np.ndarray) -> float:
-    """Largest singular value of a 2x2 matrix in closed form (the renderer uses the same)."""
-    a, b_, c, d = M[0, 0], M[0, 1], M[1, 0], M[1, 1]
-    t = a * a + b_ * b_ + c * c + d * d
-    det = a * d - b_ * c
-    return float(np.sqrt(0.5 * (t + np.sqrt(max(t * t - 4.0 * det * det, 0.0)))))

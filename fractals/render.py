@@ -209,12 +209,6 @@ def map_table(A):
     return table
 
 
-def choice_probabilities(A: np.ndarray) -> np.ndarray:
-    """The probability with which the kernel picks each map of ``A`` (for tests)."""
-    table = map_table(np.ascontiguousarray(A, dtype=np.float64))
-    return np.bincount(table, minlength=len(A)) / len(table)
-
-
 @numba.njit(cache=True)
 def start_point(A, b):
     # x* = (I - A_1)^-1 b_1 is on the attractor of a contractive system: no burn-in needed.

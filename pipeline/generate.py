@@ -98,11 +98,3 @@ def generate(cfg: DictConfig, out_dir: str | Path) -> GenerateRecord:
         mlflow.log_artifact(str(bank_path), "fractals")
         mlflow.log_artifact(str(preview_path), "fractals")
     return GenerateRecord(bank, bank_path, preview_path, bank.num_classes, len(bank))
-
-
-def load_bank(path: str | Path) -> SystemBank:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"IFS bank {path} does not exist; run the generate stage first "
-                                f"(stages=[generate,pretrain]).")
-    return SystemBank.load(path)

@@ -23,12 +23,8 @@ import json
 import multiprocessing as mp
 import os
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SETTINGS = {
     # name: (family, systems_per_class, render config, extra family config)

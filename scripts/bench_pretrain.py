@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
@@ -41,9 +39,8 @@ def main() -> None:
 
     import run  # noqa: F401  (registers the config resolvers)
     from fractals.ifs import sample_bank
-    from pretraining.data import random_crop
     from pipeline.generate import dataset_args
-    from pretraining.data import TRAIN, EpochSampler, make_dataset
+    from pretraining.data import TRAIN, EpochSampler, make_dataset, random_crop
     from pretraining.model import FractalClassifier
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):

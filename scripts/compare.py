@@ -19,9 +19,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from pipeline import report  # noqa: E402
+from pipeline import report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from detection.imagenet_offline import default_export_dir, import_imagenet_weights  # noqa: E402
+from detection.imagenet_offline import default_export_dir, import_imagenet_weights
 
 # Photos shipped inside installed packages (no download) and the ImageNet-1k classes that are right
 # for them. `chelsea` is a tabby: ImageNet's domestic-cat classes (281 tabby .. 285 Egyptian cat)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import hydra
 import pytest
 from conftest import CONF_DIR, compose_config
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 EXPERIMENTS = sorted(p.stem for p in Path(CONF_DIR, "experiment").glob("*.yaml"))
 # debug/ is composed by every test (conftest.TINY); experiment/ and base/ are tested on their own.
@@ -16,8 +19,26 @@ GROUP_OPTIONS = [(g.name, p.stem) for g in sorted(Path(CONF_DIR).iterdir()) if g
                  and g.name not in ("experiment", "hydra", "base", "debug") for p in sorted(g.glob("*.yaml"))]
 
 
-def test_the_three_foundation_experiments_exist():
-    assert {"fractal_patchcore", "imagenet_patchcore", "random_patchcore"} <= set(EXPERIMENTS)
+def readme_commands() -> list[list[str]]:
+    """Every `python run.py ...` command the README shows, as its arguments."""
+    text = re.sub(r"\\\n\s*", " ", (Path(CONF_DIR).parent / "README.md").read_text())  # joined continuations
+    commands = [shlex.split(m.group(1), comments=True) for m in re.finditer(r"python run\.py([^`\n]*)", text)]
+    return [args for args in commands if "..." not in args and not any("<" in a for a in args)]
+
+
+@pytest.mark.parametrize("args", readme_commands(), ids=" ".join)
+def test_every_command_in_the_readme_composes(args, tmp_path):
+    """The README stays true: each command it shows composes (a sweep: with each swept key's first value)."""
+    overrides = [o for o in args if o != "-m"]
+    if "-m" in args:  # a sweep's comma lists (not a list value like stages=[a,b]): the first value
+        overrides = [o if "=[" in o else o.split(",")[0] for o in overrides]
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, f"paths.outputs_dir={tmp_path}", "~local"],
+                      return_hydra_config=True)
+    for override in overrides:
+        key, _, value = override.lstrip("+").partition("=")
+        if "." in key and not key.startswith("hydra"):  # a value override arrives as written
+            assert str(OmegaConf.select(cfg, key)) == value.strip("[]").replace(",", ", ") or value.startswith("["), override
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

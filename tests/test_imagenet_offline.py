@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import runpy
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import timm
@@ -18,8 +20,8 @@ from pipeline.detect import resolve_backbone
 from pipeline.launch import ImportImagenetWeights
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-import import_imagenet_weights as script  # noqa: E402
+# the script as a module (scripts/ is not a package): its functions and thresholds
+script = SimpleNamespace(**runpy.run_path(str(ROOT / "scripts/import_imagenet_weights.py")))
 
 
 @pytest.fixture(scope="module")

@@ -170,11 +170,12 @@ def test_cosine_schedule_starts_at_warmup_lr_ends_at_min_lr_and_mixup_probabilit
 def test_a_secondary_rank_samples_the_bank_rank_zero_stored(tmp_path):
     """DDP ranks > 0 sample the bank themselves (no waiting for rank 0's file): it must be the very
     bank rank 0's generate stage wrote, for every sampler."""
-    from pipeline.generate import load_bank, sample_configured_bank
+    from fractals.ifs import SystemBank
+    from pipeline.generate import sample_configured_bank
 
     for sampler in ("anderson_farrell", "fractaldb"):
         cfg = compose_config(tmp_path / sampler, f"fractal.sampler={sampler}", "fractal.systems_per_class=2")
-        stored = load_bank(generate(cfg, tmp_path / sampler / "fractals").bank_path)
+        stored = SystemBank.load(generate(cfg, tmp_path / sampler / "fractals").bank_path)
         mine = sample_configured_bank(cfg)
         for field in ("A", "b", "n_maps", "labels"):
             np.testing.assert_array_equal(getattr(mine, field), getattr(stored, field))

@@ -1,7 +1,7 @@
 """The study on the built-in data: efficientnet_lite0 as fractal / ImageNet / random backbone.
 
 Fast tests check the experiment's grid and that efficientnet_lite0 goes everywhere a backbone goes
-(fractal pre-training and export, every detector's layers). The slow one runs the experiment as a
+(fractal pre-training and export; every detector: tests/test_detectors.py). The slow one runs the experiment as a
 user types it, on one category and PatchCore, and checks the study's floor: ImageNet weights beat
 random weights on image AUROC.
 """
@@ -20,9 +20,8 @@ import timm
 from conftest import CONF_DIR, compose_config
 from hydra import compose, initialize_config_dir
 
-from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from detection.layers import feature_layers, resolve_layers
-from pipeline.detect import detect, resolve_backbone
+from pipeline.detect import resolve_backbone
 from pipeline.job import run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,39 +80,6 @@ def test_efficientnet_lite0_stages_are_mapped_by_stride():
     for resnet_name, lite0_name in LITE0_STAGES.items():
         assert resolve_layers(ARCH, [resnet_name]) == [lite0_name]
         assert by_name[lite0_name] == 2 ** (int(resnet_name[-1]) + 1)
-
-
-@pytest.mark.parametrize("detector", DETECTORS)
-def test_every_detector_config_resolves_on_efficientnet_lite0(detector, tmp_path):
-    cfg = compose_config(tmp_path, f"detector={detector}", f"backbone.arch={ARCH}")
-    model = cfg.detector.model
-    names = [str(x) for x in model.get("layers", [model.get("layer")] if model.get("layer") else [])]
-    available = {f.name for f in feature_layers(ARCH)}
-    assert set(resolve_layers(ARCH, names)) <= available
-
-
-SMALL_DATA = ["dataset.builtin.image_size=64", "dataset.builtin.n_train=12", "dataset.builtin.n_test_good=3",
-              "dataset.builtin.n_test_defect=2", "detector.max_epochs=1", "detector.log_images=0"]
-TINY_MODEL = {"cflow": ["detector.model.fiber_batch_size=16", "detector.model.coupling_blocks=2"],
-              "fastflow": ["detector.model.flow_steps=2"], "dfkde": ["detector.model.n_pca_components=4"]}
-
-
-@pytest.mark.parametrize("detector", DETECTORS)
-def test_every_detector_fits_and_tests_on_efficientnet_lite0(detector, tmp_path_factory, tmp_path):
-    """Fit and test for real on random-init efficientnet_lite0 (64 px); Reverse Distillation, which has
-    decoders for the ResNet family only, must refuse it by name."""
-    data = tmp_path_factory.getbasetemp() / "lite0-data"
-    cfg = compose_config(tmp_path, f"detector={detector}", *SMALL_DATA, *TINY_MODEL.get(detector, []),
-                         data_dir=data)
-    backbone = Backbone("random", ARCH, ARCH, False, IMAGENET_MEAN, IMAGENET_STD, "random init")
-    if detector == "reverse_distillation":
-        with pytest.raises(ValueError, match="decoder only for"):
-            detect(cfg, backbone, tmp_path / "detect")
-        return
-    metrics = detect(cfg, backbone, tmp_path / "detect").metrics
-    assert 0.0 <= metrics["image_AUROC"] <= 1.0
-    if detector != "dfkde":  # image scores only
-        assert 0.0 <= metrics["pixel_AUROC"] <= 1.0
 
 
 def test_efficientnet_lite0_pretrains_on_fractals_and_its_export_loads(tmp_path):
