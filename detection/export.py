@@ -8,6 +8,7 @@ record where the weights came from (fractal data, a PyPI package, ...).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Mapping
@@ -34,3 +35,13 @@ def write_export(model: nn.Module, export_dir: str | Path, mean, std, sidecars: 
         shutil.rmtree(export_dir)
     tmp.rename(export_dir)
     return export_dir
+
+
+def export_digest(export_dir: str | Path) -> str | None:
+    """SHA-256 of the export's weights file: what the weights are, wherever the folder lives (None: no
+    export there)."""
+    weights = Path(export_dir) / "model.safetensors"
+    if not weights.is_file():
+        return None
+    with weights.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

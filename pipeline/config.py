@@ -13,6 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from console.errors import ConfigError
+from detection.export import export_digest
 from fractals.families import MultiFormulaConfig
 from fractals.render import RenderConfig
 
@@ -50,10 +51,14 @@ def makes_fractal_weights(cfg: DictConfig) -> bool:
 def pretrain_hash(cfg: DictConfig) -> str:
     """The recipe of the backbone's weights, which (with detector and dataset) defines a report arm:
     the backbone settings (source, arch, weights, normalisation), plus the fractal, pretrain and optim
-    settings when this call trains the weights. Seeds vary within an arm, so they are left out."""
+    settings when this call trains the weights. Seeds vary within an arm, so they are left out. Local
+    weights count by their content digest, so the same export found at two paths is one arm."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     groups = ("backbone", "fractal", "pretrain", "optim") if makes_fractal_weights(cfg) else ("backbone",)
     picked = {g: {k: v for k, v in resolved[g].items() if k not in BOOKKEEPING} for g in groups}
+    weights = picked["backbone"].get("weights")
+    if weights and not str(weights).startswith("runs:/"):  # a local export: what it holds, not where
+        picked["backbone"]["weights"] = export_digest(weights) or weights
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from console.errors import ConfigError
 from console.logs import log
+from detection.imagenet_offline import ensure_imagenet_export
 from detection.metrics import HEADLINE
 from pipeline import tracking
 from pipeline.backbones import shared_fractal_backbone
@@ -48,6 +49,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     (out_dir / "config.yaml").write_text(resolved)
     tracking.setup(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)
+    if cfg.backbone.get("offline_import"):  # converted before the tags: the arm is named by its digest
+        ensure_imagenet_export(cfg.backbone.weights)
     sweep_run_id = os.environ.get(SWEEP_RUN_ENV)
     tags = {"backbone": cfg.backbone.source, "arch": cfg.backbone.arch, "detector": cfg.detector.name,
             "dataset": cfg.dataset.name, "category": cfg.dataset.category, "seed": str(cfg.seed),

@@ -210,6 +210,12 @@ def test_pretrain_hash_names_the_recipe_not_the_seed_or_the_bookkeeping(tmp_path
                    "backbone.normalization=imagenet", "backbone=random", "backbone.weights=/some/export"):
         assert h(change) != fractal, change
     assert h("backbone=random") == h("backbone=random", "fractal.num_classes=4", "optim/schedule=cosine")  # no pre-training
+    # a local export is named by what it holds: the same weights at two paths are one arm
+    for folder, content in (("a", b"weights"), ("b", b"weights"), ("c", b"other weights")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "model.safetensors").write_bytes(content)
+    a, b, c = (h("backbone=imagenet", f"backbone.weights={tmp_path / x}") for x in "abc")
+    assert a == b != c
 
 
 def log_run(client, experiment_id, tags, metrics, status="FINISHED"):
