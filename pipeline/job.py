@@ -34,7 +34,7 @@ def train_fractal_backbone(cfg: DictConfig, out_dir: Path, tags: dict) -> tuple[
             raise ConfigError("the pretrain stage needs the generate stage in the same call: "
                               "stages=[generate,pretrain,...]")
         seed_stage(cfg.seed)  # model init, data order, crops, MixUp
-        with tracking.stage_run("pretrain", cfg, groups=("fractal", "pretrain", "backbone", "trainer"),
+        with tracking.stage_run("pretrain", cfg, groups=("fractal", "pretrain", "optim", "backbone", "trainer"),
                                 tags=tags, system_metrics=cfg.mlflow.system_metrics) as run:
             export_dir = pretrain(cfg, generated.bank, out_dir / "pretrain", generated.bank_path).export_dir
             run_id = run.info.run_id
