@@ -111,6 +111,35 @@ def fit_on_all_normals(datamodule) -> None:
     datamodule._create_val_split = create_val_split_keeping_train
 
 
+def synthetic_anomalies_from(datamodule, textures: Path) -> None:
+    """Draw the synthetic validation anomalies' textures from ``textures`` (e.g. the fractal textures
+    of ``anomaly_data.textures``).
+
+    anomalib builds its synthetic split with ``PerlinAnomalyGenerator(anomaly_source_path=
+    "./datasets/dtd")``, hard-coded and relative to the working directory, falling back to plain
+    Perlin noise without it; and it lists the textures in ``rglob`` order, which is the file
+    system's. While this datamodule creates its validation split, the generator reads ``textures``
+    instead, in sorted order, so the split is the same from any directory on any machine.
+    """
+    from anomalib.data.utils import synthetic
+
+    create_val_split, default = datamodule._create_val_split, synthetic.PerlinAnomalyGenerator
+
+    class FromTextures(default):
+        def __init__(self, *args, anomaly_source_path=None, **kwargs):
+            super().__init__(*args, anomaly_source_path=textures, **kwargs)
+            self.anomaly_source_paths.sort()
+
+    def create_val_split_from_textures() -> None:
+        synthetic.PerlinAnomalyGenerator = FromTextures
+        try:
+            create_val_split()
+        finally:
+            synthetic.PerlinAnomalyGenerator = default
+
+    datamodule._create_val_split = create_val_split_from_textures
+
+
 @dataclass(frozen=True)
 class Selection:
     """Checkpoint selection of a detector that trains: the validation metric, its direction, and
@@ -137,18 +166,22 @@ def selection_callbacks(selection: Selection | None, out_dir: Path) -> list:
 def fit_and_test(model, datamodule, out_dir: str | Path, *, labels: dict[str, str], dataset_root: str | Path,
                  selection: Selection | None = None, max_epochs: int = 1, accelerator: str = "auto",
                  normals_for_fitting: bool = False, log_images: int = 0, verbose: bool = False,
-                 logger=None) -> DetectRecord:
+                 logger=None, anomaly_textures: Path | None = None) -> DetectRecord:
     """Fit ``model`` (an anomalib model, built and seeded by the caller) on ``datamodule``'s training
     normals, select its epoch on the validation split (``selection``, detectors that train), and
     test it. ``normals_for_fitting``: fit on every training normal (memory-bank and density
     detectors; see ``fit_on_all_normals``). ``labels`` (dataset, category, backbone, detector) head
     the metrics.csv row; ``dataset_root`` makes predictions.csv's image paths relative. ``logger``: a
-    Lightning logger for the per-epoch curves (losses, validation metrics) of detectors that train."""
+    Lightning logger for the per-epoch curves (losses, validation metrics) of detectors that train.
+    ``anomaly_textures``: the folder the synthetic validation anomalies take their textures from
+    (None: anomalib's default, which depends on the working directory)."""
     from anomalib.engine import Engine
 
     out_dir = Path(out_dir)
     if normals_for_fitting:
         fit_on_all_normals(datamodule)
+    if anomaly_textures is not None:
+        synthetic_anomalies_from(datamodule, anomaly_textures)
     roc = RocCollector()
     callbacks = selection_callbacks(selection, out_dir)
     # one device: multi-GPU belongs to pre-training; sweeps spread detect jobs over GPUs instead

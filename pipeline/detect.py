@@ -10,6 +10,8 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_data.datasets import validate_folder, validate_layout, validate_real_iad
+from anomaly_data.textures import write_fractal_textures
+from console.errors import ConfigError
 from console.logs import log
 from detection.backbone import Backbone, BackboneError
 from detection.backbone import resolve_backbone as resolve
@@ -70,11 +72,25 @@ def dataset_has_masks(d: DictConfig) -> bool:
     return d.name != "folder" or bool(d.get("mask_dir"))
 
 
+def anomaly_textures(d: DictConfig) -> Path | None:
+    """The folder of the synthetic validation anomalies' textures (``dataset.val_anomalies``): the
+    fractal textures, rendered on first use, or the user's folder; None for anomalib's default."""
+    textures = d.val_anomalies.textures
+    if textures == "fractal":
+        return write_fractal_textures(d.val_anomalies.fractal_dir)
+    if textures and not Path(textures).is_dir():
+        raise ConfigError(f"dataset.val_anomalies.textures={textures} is not a folder; give a folder of "
+                          f"images (DTD: /abs/path/to/dtd/images), 'fractal' or null")
+    return Path(textures) if textures else None
+
+
 def prepare_dataset(d: DictConfig) -> Path:
     """Everything about the ``dataset`` group that can fail before a model exists: the input size and
-    crop, the built-in dataset (built on first use), the layout on disk, a validation split that is
-    not the test set. The pipeline calls it before any stage, so a wrong root costs no pre-training."""
+    crop, the built-in dataset (built on first use), the layout on disk, the validation anomalies'
+    textures, a validation split that is not the test set. The pipeline calls it before any stage, so
+    a wrong root costs no pre-training."""
     input_transform(d.image_size, d.get("crop"), (0.5,) * 3, (0.5,) * 3)
+    anomaly_textures(d)
     if d.name == "builtin":
         hydra.utils.instantiate(d.datamodule).prepare_data()  # builds it on first use
     folder = validate_dataset(d)
@@ -114,7 +130,8 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path, dataset_pre
         selection=Selection(sel.monitor, sel.mode, sel.get("patience")) if sel else None,
         max_epochs=cfg.detector.get("max_epochs", 1), accelerator=cfg.trainer.accelerator,
         normals_for_fitting=cfg.detector.get("fit_on_all_normals", False),
-        log_images=cfg.detector.log_images, verbose=cfg.get("verbose", False), logger=logger)
+        log_images=cfg.detector.log_images, verbose=cfg.get("verbose", False), logger=logger,
+        anomaly_textures=anomaly_textures(d))
     if mlflow.active_run():
         mlflow.log_metrics(record.metrics)
         for path in (record.metrics_csv, record.predictions_csv, record.roc_png):

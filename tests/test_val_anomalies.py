@@ -1,0 +1,68 @@
+"""The synthetic validation anomalies: fractal textures, the same split from any working directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as skimage_data
+
+from anomaly_data.builtin import make_builtin_dataset
+from anomaly_data.datamodules import Builtin
+from anomaly_data.textures import write_fractal_textures
+from detection.detect import synthetic_anomalies_from
+
+
+@pytest.fixture(scope="module")
+def textures(tmp_path_factory) -> Path:
+    return write_fractal_textures(tmp_path_factory.mktemp("textures") / "fractal", count=6, size=64)
+
+
+def test_fractal_textures_are_the_same_bytes_wherever_built_and_fill_the_frame(textures, tmp_path):
+    again = write_fractal_textures(tmp_path / "elsewhere", count=6, size=64)
+    names = sorted(p.name for p in textures.glob("*.png"))
+    assert names == sorted(p.name for p in again.glob("*.png")) and len(names) == 6
+    assert all((textures / n).read_bytes() == (again / n).read_bytes() for n in names)
+    stamp = (textures / names[0]).stat().st_mtime_ns
+    write_fractal_textures(textures, count=6, size=64)  # same parameters: reused as is
+    assert (textures / names[0]).stat().st_mtime_ns == stamp
+    pixels = np.stack([np.asarray(Image.open(textures / n)) for n in names])
+    assert pixels.shape == (6, 64, 64, 3) and (pixels.max(axis=-1) == 0).mean() < 0.05  # texture, not black
+
+
+def validation_images(root: Path, cwd: Path, textures: Path | None) -> list[np.ndarray]:
+    """The synthetic validation split of the built-in `tiles`, made with ``cwd`` as working directory."""
+    datamodule = Builtin(root=root, category="tiles", num_workers=0, val_split_mode="synthetic",
+                         val_split_ratio=0.5, seed=0)
+    if textures is not None:
+        synthetic_anomalies_from(datamodule, textures)
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        L.seed_everything(0)  # as the detect stage does before its datamodule draws
+        datamodule.setup()
+    finally:
+        os.chdir(here)
+    samples = datamodule.val_data.samples.sort_values("image_path")
+    abnormal = samples[samples.label_index == 1]
+    return [np.asarray(Image.open(p)) for p in abnormal.image_path]
+
+
+def test_validation_anomalies_are_the_same_from_any_working_directory(textures, tmp_path):
+    """anomalib's default reads ./datasets/dtd: started beside a DTD-like folder, its validation
+    anomalies change. With the fractal textures they are the same from any directory."""
+    root = make_builtin_dataset(tmp_path / "data", image_size=64, n_train=8, n_test_good=2, n_test_defect=1)
+    plain, beside_dtd = tmp_path / "plain", tmp_path / "beside_dtd"
+    plain.mkdir()
+    (beside_dtd / "datasets/dtd").mkdir(parents=True)
+    Image.fromarray(skimage_data.astronaut()).save(beside_dtd / "datasets/dtd/astronaut.png")
+
+    ours = [validation_images(root, cwd, textures) for cwd in (plain, beside_dtd)]
+    assert len(ours[0]) == 2 and all(np.array_equal(a, b) for a, b in zip(*ours, strict=True))
+    default = [validation_images(root, cwd, None) for cwd in (plain, beside_dtd)]
+    assert not all(np.array_equal(a, b) for a, b in zip(*default, strict=True)), "the cwd matters to anomalib"
+    assert not all(np.array_equal(a, b) for a, b in zip(ours[0], default[0], strict=True)), "textures used"
