@@ -18,7 +18,7 @@ from pipeline.backbones import shared_fractal_backbone
 from pipeline.config import check_job, config_hash, is_multirun, makes_fractal_weights, pretrain_hash, seed_stage
 from pipeline.detect import detect, prepare_dataset, resolve_backbone
 from pipeline.generate import generate
-from pipeline.pretrain import pretrain
+from pipeline.pretrain import check_objective_config, pretrain
 from pipeline.sweep import SWEEP_RUN_ENV
 
 
@@ -44,6 +44,8 @@ def train_fractal_backbone(cfg: DictConfig, out_dir: Path, tags: dict) -> tuple[
 def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     """Run the configured stages under one parent MLflow run; return the detect metrics."""
     check_job(cfg)
+    if makes_fractal_weights(cfg) and "pretrain" in cfg.stages:
+        check_objective_config(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)

@@ -27,11 +27,12 @@ from console.errors import ConfigError
 from console.logs import log
 from console.progress import StepProgress
 from detection.export import write_export
+from fractals.families import MultiFormulaConfig
 from fractals.ifs import SystemBank
 from pipeline.generate import dataset_args
 from pretraining.callbacks import FirstBatchAndDataWait, RngState
-from pretraining.data import TRAIN, VAL, FractalDataModule, make_dataset
-from pretraining.model import FractalClassifier
+from pretraining.data import TRAIN, VAL, FractalDataModule, MultiInstanceImages, TwoViews, make_dataset
+from pretraining.model import FractalClassifier, FractalSimCLR
 
 
 @dataclass
@@ -52,6 +53,48 @@ def check_pretrain_config(p: DictConfig, world: int) -> int:
         raise ConfigError(f"pretrain.batch_size={p.batch_size} is the global batch and must divide evenly "
                           f"over {world} processes (trainer.devices x trainer.num_nodes)")
     return p.batch_size // world
+
+
+OBJECTIVES = ("classification", "multilabel", "simclr")
+
+
+def check_objective_config(cfg: DictConfig) -> None:
+    """``pretrain.objective`` and the fractal data it needs."""
+    name, f = cfg.pretrain.objective.name, cfg.fractal
+    if name not in OBJECTIVES:
+        raise ConfigError(f"unknown pretrain objective {name!r}; choose pretrain/objective= one of {OBJECTIVES}")
+    if name == "multilabel" and f.family != "fractals":
+        raise ConfigError(f"the multilabel objective pastes single fractals of several classes; it needs "
+                          f"fractal.family=fractals, not {f.family!r}")
+    if name != "classification" and f.renderer != "cpu":
+        raise ConfigError(f"the {name} objective renders on the CPU; set fractal.renderer=cpu")
+
+
+def objective_dataset(cfg: DictConfig, bank: SystemBank, renders_per_system: int, stream: int, mean, std):
+    """The images the objective trains on: the family's (classification), multi-instance images
+    (multilabel), or two augmented views of each of the family's images (simclr)."""
+    objective, family = cfg.pretrain.objective, dataset_args(cfg.fractal)
+
+    def images(stream: int):
+        if objective.name == "multilabel":
+            return MultiInstanceImages(bank, family["render_cfg"], cfg.seed, renders_per_system, stream, mean, std,
+                                       layout=MultiFormulaConfig(**objective.layout))
+        return make_dataset(bank, seed=cfg.seed, renders_per_system=renders_per_system, stream=stream,
+                            mean=mean, std=std, **family)
+
+    return TwoViews(images(stream), tuple(objective.crop_scale), objective.color_jitter) if objective.name == "simclr" else images(stream)
+
+
+def objective_module(cfg: DictConfig, num_classes: int) -> L.LightningModule:
+    """The LightningModule of ``pretrain.objective`` on ``backbone.arch``, with the ``optim`` group."""
+    objective = cfg.pretrain.objective
+    optim = {"optimizer": hydra.utils.instantiate(cfg.optim.optimizer),
+             "schedule": hydra.utils.instantiate(cfg.optim.schedule)}
+    if objective.name == "simclr":
+        return FractalSimCLR(cfg.backbone.arch, **optim, projection_dim=objective.projection_dim,
+                             temperature=objective.temperature)
+    return FractalClassifier(cfg.backbone.arch, num_classes, **optim, mixup=OmegaConf.to_container(cfg.pretrain.mixup),
+                             multilabel=objective.name == "multilabel")
 
 
 def resume_checkpoint(p: DictConfig, ckpt_dir: Path) -> str | None:
@@ -75,11 +118,8 @@ def pretrain(cfg: DictConfig, bank: SystemBank, out_dir: str | Path, bank_path: 
     per_device = check_pretrain_config(p, max(devices, 1) * t.get("num_nodes", 1))
     out_dir = Path(out_dir)
     mean, std = [float(v) for v in p.mean], [float(v) for v in p.std]
-    family = dataset_args(cfg.fractal)
-    data = FractalDataModule(make_dataset(bank, seed=cfg.seed, renders_per_system=p.renders_per_system, stream=TRAIN,
-                                          mean=mean, std=std, **family),
-                             make_dataset(bank, seed=cfg.seed, renders_per_system=p.val_renders_per_system,
-                                          stream=VAL, mean=mean, std=std, **family),
+    data = FractalDataModule(objective_dataset(cfg, bank, p.renders_per_system, TRAIN, mean, std),
+                             objective_dataset(cfg, bank, p.val_renders_per_system, VAL, mean, std),
                              cfg.seed, per_device, p.num_workers, p.crop_size)
     if len(data.train_set) < p.batch_size:
         raise ConfigError(f"pretrain.batch_size={p.batch_size} exceeds the {len(data.train_set)} training "
@@ -98,10 +138,7 @@ def pretrain(cfg: DictConfig, bank: SystemBank, out_dir: str | Path, bank_path: 
                             dirpath=ckpt_dir, every_n_train_steps=p.checkpoint_every_n_steps,
                             save_last=True, save_top_k=0),
                                    *([LearningRateMonitor(logging_interval="step")] if logger else [])])
-    module = FractalClassifier(cfg.backbone.arch, bank.num_classes,
-                               optimizer=hydra.utils.instantiate(cfg.optim.optimizer),
-                               schedule=hydra.utils.instantiate(cfg.optim.schedule),
-                               mixup=OmegaConf.to_container(p.mixup))
+    module = objective_module(cfg, bank.num_classes)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=resume_checkpoint(p, ckpt_dir))
     seconds = time.perf_counter() - start

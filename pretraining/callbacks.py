@@ -53,7 +53,10 @@ class FirstBatchAndDataWait(L.Callback):
         if self._batch_end is not None:
             self.data_wait += time.perf_counter() - self._batch_end
         if self.grid_path is None and trainer.global_rank == 0:
-            x = batch[0][:32].detach().float().cpu()
+            x = batch[0]
+            if isinstance(x, list | tuple):  # self-supervised pairs: each image next to its other view
+                x = torch.stack([v[:16] for v in x], dim=1).flatten(0, 1)
+            x = x[:32].detach().float().cpu()
             x = x * torch.tensor(self.std).view(-1, 1, 1) + torch.tensor(self.mean).view(-1, 1, 1)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             save_image(make_grid(x.clamp(0, 1), nrow=8, padding=0), self.path)

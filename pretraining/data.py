@@ -24,7 +24,14 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from console.errors import ConfigError
-from fractals.families import FAMILIES, MultiFormulaConfig, ofdb_image, render_multi_formula
+from fractals.families import (
+    FAMILIES,
+    MultiFormulaConfig,
+    multi_instance_layout,
+    ofdb_image,
+    render_multi_formula,
+    render_tiles,
+)
 from fractals.ifs import SystemBank
 from fractals.render import RenderConfig, derive_key, render_key
 
@@ -98,6 +105,66 @@ class MultiFormulaImages(RenderedImages):
         label = int(self.bank.labels[i // self.renders_per_system])
         return render_multi_formula(self.bank, label, self.key(label, i, epoch), self.render_cfg,
                                     self.multi_formula), label
+
+
+class MultiInstanceImages(RenderedImages):
+    """Anderson & Farrell's multi-instance images (the ``multilabel`` objective): item i pastes
+    fractals of several classes, the first of the class of system ``i // renders_per_system``; the
+    target is one binary value per class, 1 for each class present."""
+
+    def __init__(self, *args, layout: MultiFormulaConfig = MultiFormulaConfig(2, 4, 0.3, 0.7), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.layout = layout
+
+    def placements(self, i: int, epoch: int) -> tuple[list, int]:
+        label = int(self.bank.labels[i // self.renders_per_system])
+        key = self.key(label, i, epoch)
+        return multi_instance_layout(self.bank, label, key, self.render_cfg.size, self.layout), key
+
+    def render_index(self, i: int, epoch: int) -> tuple[np.ndarray, int]:
+        placements, key = self.placements(i, epoch)
+        return render_tiles(self.bank, placements, key, self.render_cfg), int(self.bank.labels[placements[0].system])
+
+    def __getitem__(self, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, i = divmod(int(key), len(self))
+        placements, k = self.placements(i, epoch)
+        target = torch.zeros(self.bank.num_classes)
+        target[[int(self.bank.labels[p.system]) for p in placements]] = 1.0
+        return self.to_tensor(render_tiles(self.bank, placements, k, self.render_cfg)), target
+
+
+class TwoViews(Dataset):
+    """Self-supervised pairs (SimCLR): item k is ((view 1, view 2), label), two independent
+    augmentations of the k-th image of ``images``: random resized crop (``crop_scale`` of the area),
+    horizontal flip and, with ``color_jitter`` s > 0, SimCLR's colour jitter of strength s on 80% of
+    the views. Each view runs under a torch generator forked and seeded from (seed, item, view), so
+    the pairs are reproducible whatever the loader workers."""
+
+    def __init__(self, images: RenderedImages, crop_scale: tuple[float, float] = (0.3, 1.0),
+                 color_jitter: float = 0.0):
+        from torchvision.transforms import v2
+
+        self.images = images
+        s = color_jitter
+        self.augment = v2.Compose([
+            v2.RandomResizedCrop(images.render_cfg.size, scale=tuple(crop_scale), antialias=True),
+            v2.RandomHorizontalFlip(),
+            *([v2.RandomApply([v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8)] if s > 0 else []),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int):
+        img, label = self.images.render_uint8(key)
+        x = torch.from_numpy(img.reshape(img.shape[0], img.shape[1], -1)).permute(2, 0, 1).float().div_(255.0)
+        x = x if x.shape[0] == 3 else x.expand(3, -1, -1)
+        views = []
+        for view in (0, 1):
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(derive_key(self.images.seed, 0x551, int(key), view) >> 1)
+                views.append((self.augment(x) - self.images.mean) / self.images.std)
+        return tuple(views), label
 
 
 class OneImagePerClass(RenderedImages):
@@ -322,7 +389,9 @@ class FractalDataModule(L.LightningDataModule):
             batch = self.gpu_render[id(dataset)](batch, self.trainer.strategy.root_device)
         x, y = batch
         if self.crop_size:
-            x = random_crop(x, self.crop_size) if self.trainer.training else centre_crop(x, self.crop_size)
+            crop = ((lambda v: random_crop(v, self.crop_size)) if self.trainer.training
+                    else (lambda v: centre_crop(v, self.crop_size)))
+            x = [crop(v) for v in x] if isinstance(x, list | tuple) else crop(x)  # each view of a pair
         return x, y
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:

@@ -1,4 +1,13 @@
-"""LightningModule: a timm classifier trained from scratch with cross entropy over fractal classes."""
+"""LightningModules: a timm backbone trained from scratch on fractals, by one of three objectives.
+
+* ``FractalClassifier``: cross entropy over fractal classes (the study's), or with ``multilabel``
+  one binary cross entropy per class on multi-instance images (Anderson & Farrell).
+* ``FractalSimCLR``: self-supervised, SimCLR's NT-Xent between two views of the same fractal
+  through a projection head (Chen et al., ICML 2020); no labels used.
+
+Whatever the objective, ``module.model`` is the plain timm network the export writes, so every
+detector takes it the same way.
+"""
 
 from __future__ import annotations
 
@@ -10,38 +19,69 @@ import torch
 import torch.nn.functional as F
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
-from torchmetrics.classification import MulticlassAccuracy
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
+
+from console.errors import ConfigError
 
 
-class FractalClassifier(L.LightningModule):
+class _Optimised(L.LightningModule):
+    """``optimizer(params)`` and ``schedule(optimizer, total_steps)`` (``pretraining.schedules``;
+    stepped every optimiser step) build the optimisation."""
+
+    def __init__(self, optimizer: Callable[..., torch.optim.Optimizer],
+                 schedule: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None):
+        super().__init__()
+        self.optimizer_factory, self.schedule_factory = optimizer, schedule
+
+    def configure_optimizers(self):
+        opt = self.optimizer_factory(self.parameters())
+        if self.schedule_factory is None:
+            return opt
+        sched = self.schedule_factory(opt, total_steps=max(int(self.trainer.estimated_stepping_batches), 1))
+        # "name": what LearningRateMonitor logs it as
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}
+
+
+class FractalClassifier(_Optimised):
     """Any timm architecture, random init; the FractalDB / Ugwu et al. recipe by default.
 
     MixUp/CutMix (the follow-up's heavy recipe) act on whole batches and change the loss, so they
     live here; they draw from the seeded main-process generators, whatever the loader workers.
     MixUp/CutMix hit a batch with probability ``mixup.prob`` (OFDB-4AD: 0.8), CutMix instead of MixUp
-    with ``mixup.switch_prob``. ``optimizer(params)`` and ``schedule(optimizer, total_steps)``
-    (``pretraining.schedules``; stepped every optimiser step) build the optimisation.
+    with ``mixup.switch_prob``. ``multilabel``: targets are one 0/1 value per class (multi-instance
+    images), the loss a binary cross entropy per class, the accuracy over all (image, class) pairs.
     """
 
     def __init__(self, backbone: str, num_classes: int, optimizer: Callable[..., torch.optim.Optimizer],
                  schedule: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-                 mixup: Mapping | None = None):
-        super().__init__()
+                 mixup: Mapping | None = None, multilabel: bool = False):
+        super().__init__(optimizer, schedule)
         self.save_hyperparameters(ignore=["optimizer", "schedule"])
         self.model = timm.create_model(backbone, pretrained=False, num_classes=num_classes)
-        self.optimizer_factory, self.schedule_factory = optimizer, schedule
         mix = dict(mixup or {})
+        mixing = mix.get("mixup_alpha", 0.0) > 0 or mix.get("cutmix_alpha", 0.0) > 0
+        if multilabel and mixing:
+            raise ConfigError("MixUp/CutMix mix single-class targets; turn pretrain.mixup off for the "
+                              "multilabel objective")
         self.mixup = (Mixup(mixup_alpha=mix.get("mixup_alpha", 0.0), cutmix_alpha=mix.get("cutmix_alpha", 0.0),
                             label_smoothing=mix.get("label_smoothing", 0.0), prob=mix.get("prob", 1.0),
                             switch_prob=mix.get("switch_prob", 0.5), num_classes=num_classes)
-                      if mix.get("mixup_alpha", 0.0) > 0 or mix.get("cutmix_alpha", 0.0) > 0 else None)
+                      if mixing else None)
         self.label_smoothing = mix.get("label_smoothing", 0.0)
+        self.multilabel = multilabel
         # one per split: the running state of training must not mix with validation's
-        self.train_accuracy = MulticlassAccuracy(num_classes, average="micro")
-        self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        metric = ((lambda: MultilabelAccuracy(num_classes, average="micro")) if multilabel
+                  else (lambda: MulticlassAccuracy(num_classes, average="micro")))
+        self.train_accuracy, self.val_accuracy = metric(), metric()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        if self.multilabel:
+            return F.binary_cross_entropy_with_logits(logits, y)
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -51,26 +91,61 @@ class FractalClassifier(L.LightningModule):
             loss = SoftTargetCrossEntropy()(logits, soft)
         else:
             logits = self(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+            loss = self.loss(logits, y, self.label_smoothing)
         self._log("train", loss, logits, y)
         return loss
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
-        self._log("val", F.cross_entropy(logits, y), logits, y)
+        self._log("val", self.loss(logits, y), logits, y)
 
     def _log(self, split: str, loss, logits, y) -> None:
         accuracy = getattr(self, f"{split}_accuracy")
-        accuracy(logits, y)  # a torchmetrics Metric: Lightning syncs and resets it per epoch
+        accuracy(logits, y.int() if self.multilabel else y)  # Lightning syncs and resets it per epoch
         on_step = split == "train"
         self.log(f"{split}_loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, sync_dist=True)
         self.log(f"{split}_acc", accuracy, prog_bar=True, on_step=on_step, on_epoch=True)
 
-    def configure_optimizers(self):
-        opt = self.optimizer_factory(self.parameters())
-        if self.schedule_factory is None:
-            return opt
-        sched = self.schedule_factory(opt, total_steps=max(int(self.trainer.estimated_stepping_batches), 1))
-        # "name": what LearningRateMonitor logs it as
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent: each embedding must pick its own pair's other view among the 2N - 1 others
+    of the batch (cosine similarity / temperature, cross entropy). Written out rather than taken from
+    ``lightly``: its 1.6 release needs ``pytorch_lightning``, a second copy of Lightning beside
+    ``lightning``, for these six lines."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.T / temperature
+    sim.fill_diagonal_(float("-inf"))  # never oneself
+    n = len(z1)
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+class FractalSimCLR(_Optimised):
+    """Self-supervised pre-training on fractals: two views of one fractal (``data.TwoViews``: two
+    independent renders of the same system, or augmentations of the same image) through the backbone
+    and a projection head, NT-Xent between them. The head is dropped at export, as in SimCLR."""
+
+    def __init__(self, backbone: str, optimizer: Callable[..., torch.optim.Optimizer],
+                 schedule: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+                 projection_dim: int = 128, temperature: float = 0.5):
+        super().__init__(optimizer, schedule)
+        self.save_hyperparameters(ignore=["optimizer", "schedule"])
+        self.model = timm.create_model(backbone, pretrained=False, num_classes=0)  # pooled features
+        width = self.model.num_features
+        self.head = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, projection_dim))
+        self.temperature = temperature
+
+    def step(self, batch, split: str) -> torch.Tensor:
+        (x1, x2), _ = batch
+        z = self.head(self.model(torch.cat([x1, x2])))
+        loss = nt_xent(*z.chunk(2), self.temperature)
+        on_step = split == "train"
+        self.log(f"{split}_loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, sync_dist=True)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self.step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self.step(batch, "val")
