@@ -48,6 +48,14 @@ def makes_fractal_weights(cfg: DictConfig) -> bool:
     return cfg.backbone.source == "fractal" and not cfg.backbone.weights
 
 
+def source_label(cfg: DictConfig) -> str:
+    """The backbone source as runs are tagged and reports compare it: ``fractal``, ``imagenet``,
+    ``random``; fractal weights trained here by another objective than the study's classification
+    name it (``fractal-simclr``), so each objective is its own source in the report."""
+    objective = cfg.pretrain.objective.name
+    return f"fractal-{objective}" if makes_fractal_weights(cfg) and objective != "classification" else cfg.backbone.source
+
+
 def pretrain_hash(cfg: DictConfig) -> str:
     """The recipe of the backbone's weights, which (with detector and dataset) defines a report arm:
     the backbone settings (source, arch, weights, normalisation), plus the fractal, pretrain and optim

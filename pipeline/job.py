@@ -15,7 +15,15 @@ from detection.imagenet_offline import ensure_imagenet_export
 from detection.metrics import HEADLINE
 from pipeline import tracking
 from pipeline.backbones import shared_fractal_backbone
-from pipeline.config import check_job, config_hash, is_multirun, makes_fractal_weights, pretrain_hash, seed_stage
+from pipeline.config import (
+    check_job,
+    config_hash,
+    is_multirun,
+    makes_fractal_weights,
+    pretrain_hash,
+    seed_stage,
+    source_label,
+)
 from pipeline.detect import detect, prepare_dataset, resolve_backbone
 from pipeline.generate import generate
 from pipeline.pretrain import check_objective_config, pretrain
@@ -54,7 +62,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     if cfg.backbone.get("offline_import"):  # converted before the tags: the arm is named by its digest
         ensure_imagenet_export(cfg.backbone.weights)
     sweep_run_id = os.environ.get(SWEEP_RUN_ENV)
-    tags = {"backbone": cfg.backbone.source, "arch": cfg.backbone.arch, "detector": cfg.detector.name,
+    tags = {"backbone": source_label(cfg), "arch": cfg.backbone.arch, "detector": cfg.detector.name,
             "dataset": cfg.dataset.name, "category": cfg.dataset.category, "seed": str(cfg.seed),
             "config_hash": config_hash(cfg), "pretrain_hash": pretrain_hash(cfg),
             **({"sweep_run_id": sweep_run_id} if sweep_run_id else {})}

@@ -40,8 +40,9 @@ from detection.metrics import HEADLINE, VALIDATION  # noqa: E402
 # order matters: backbone, detector, dataset first (the table reads as "fractal | patchcore | builtin")
 ARM = ["backbone", "detector", "dataset", "arch", "pretrain_hash"]
 UNKNOWN = "-"  # runs logged before a tag existed
-BACKBONE_ORDER = ["imagenet", "fractal", "random"]
-COLOURS = {"imagenet": "#4c72b0", "fractal": "#dd8452", "random": "#8c8c8c"}  # same in every report
+BACKBONE_ORDER = ["imagenet", "fractal", "fractal-multilabel", "fractal-simclr", "random"]
+COLOURS = {"imagenet": "#4c72b0", "fractal": "#dd8452", "fractal-multilabel": "#c44e52",
+           "fractal-simclr": "#55a868", "random": "#8c8c8c"}  # same in every report
 PAIRS = [("fractal", "random"), ("fractal", "imagenet"), ("imagenet", "random")]  # a - b
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 10_000

@@ -14,6 +14,7 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from console.logs import stage_header
+from pipeline.config import source_label
 
 # Marks the experiment as model training, not GenAI. MLflow 3.x's UI reads this tag to choose the
 # experiment's view; 3.17.2's UI-wide "GenAI | Model training" switch (default GenAI: an empty
@@ -46,7 +47,7 @@ def setup(tracking_uri: str, experiment: str) -> None:
 
 def run_name(cfg: DictConfig) -> str:
     """``fractal / resnet18 / patchcore / mvtec:bottle / seed 0``: what the runs table lists."""
-    return (f"{cfg.backbone.source} / {cfg.backbone.arch} / {cfg.detector.name} / "
+    return (f"{source_label(cfg)} / {cfg.backbone.arch} / {cfg.detector.name} / "
             f"{cfg.dataset.name}:{cfg.dataset.category} / seed {cfg.seed}")
 
 
