@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from detection.imagenet_offline import default_export_dir, import_imagenet_weights
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Photos shipped inside installed packages (no download) and the ImageNet-1k classes that are right
 # for them. `chelsea` is a tabby: ImageNet's domestic-cat classes (281 tabby .. 285 Egyptian cat)
