@@ -299,12 +299,14 @@ def bar_plot(table: pd.DataFrame, path: Path) -> Path:
         ax.set_ylim(0.0, 1.0)
         ax.axhline(0.5, color="grey", lw=0.8, ls=":")
         ax.set_title(metric)
-    axes[0][0].legend(title="backbone")
+    # beside the panels: inside one, five arms' legend hides its bars
+    fig.legend(*axes[0][0].get_legend_handles_labels(), title="backbone", loc="center left",
+               bbox_to_anchor=(1.0, 0.5))
     bars = {(True, False): "over seeds", (False, True): "over categories (one seed)",
             (True, True): "over seeds (over categories where one seed)"}.get((over_seeds, over_categories), "")
     fig.suptitle(f"mean; error bars: 95% t-interval {bars}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
