@@ -43,7 +43,9 @@ def exports(tmp_path_factory) -> dict[str, object]:
 @pytest.mark.parametrize("objective", NEW_OBJECTIVES)
 def test_each_new_objective_trains_and_its_loss_falls(objective, tmp_path):
     """80 steps on 16 fractal classes: the loss of the last epochs clearly below the first ones'
-    (multilabel from ln 2 per class, NT-Xent from ln 31 with batches of 16 pairs)."""
+    (NT-Xent from ln 31 with batches of 16 pairs; multilabel from ln 2 per class, and no further at
+    this size than the entropy of the classes' base rate, 0.48: measured the same after 200 steps,
+    so this proves the loop and the targets, not that the multi-label task is learnt; README)."""
     _, losses = pretrain_run(tmp_path, objective, "pretrain.max_steps=80", "pretrain.batch_size=16",
                              "fractal.num_classes=16", "pretrain.renders_per_system=2", "optim.optimizer.lr=0.05",
                              "optim/schedule=cosine", "pretrain.checkpoint_every_n_steps=100",
