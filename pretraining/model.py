@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
 from console.errors import ConfigError
 
@@ -50,7 +50,9 @@ class FractalClassifier(_Optimised):
     live here; they draw from the seeded main-process generators, whatever the loader workers.
     MixUp/CutMix hit a batch with probability ``mixup.prob`` (OFDB-4AD: 0.8), CutMix instead of MixUp
     with ``mixup.switch_prob``. ``multilabel``: targets are one 0/1 value per class (multi-instance
-    images), the loss a binary cross entropy per class, the accuracy over all (image, class) pairs.
+    images), the loss a binary cross entropy per class, the metric the mean average precision over
+    classes (``mAP``; chance is the classes' base rate, where accuracy would be ~0.9 for answering
+    "absent" everywhere).
     """
 
     def __init__(self, backbone: str, num_classes: int, optimizer: Callable[..., torch.optim.Optimizer],
@@ -70,10 +72,12 @@ class FractalClassifier(_Optimised):
                       if mixing else None)
         self.label_smoothing = mix.get("label_smoothing", 0.0)
         self.multilabel = multilabel
-        # one per split: the running state of training must not mix with validation's
-        metric = ((lambda: MultilabelAccuracy(num_classes, average="micro")) if multilabel
+        # one per split: the running state of training must not mix with validation's. Binned AP
+        # (100 thresholds): constant memory however many images an epoch holds
+        metric = ((lambda: MultilabelAveragePrecision(num_classes, average="macro", thresholds=100)) if multilabel
                   else (lambda: MulticlassAccuracy(num_classes, average="micro")))
-        self.train_accuracy, self.val_accuracy = metric(), metric()
+        self.metric_name = "mAP" if multilabel else "acc"
+        self.train_metric, self.val_metric = metric(), metric()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -101,11 +105,11 @@ class FractalClassifier(_Optimised):
         self._log("val", self.loss(logits, y), logits, y)
 
     def _log(self, split: str, loss, logits, y) -> None:
-        accuracy = getattr(self, f"{split}_accuracy")
-        accuracy(logits, y.int() if self.multilabel else y)  # Lightning syncs and resets it per epoch
+        metric = getattr(self, f"{split}_metric")
+        metric(logits, y.int() if self.multilabel else y)  # Lightning syncs and resets it per epoch
         on_step = split == "train"
         self.log(f"{split}_loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, sync_dist=True)
-        self.log(f"{split}_acc", accuracy, prog_bar=True, on_step=on_step, on_epoch=True)
+        self.log(f"{split}_{self.metric_name}", metric, prog_bar=True, on_step=on_step, on_epoch=True)
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:

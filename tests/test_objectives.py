@@ -14,7 +14,7 @@ from fractals.ifs import sample_bank
 from fractals.render import RenderConfig
 from pipeline.job import run_pipeline
 from pretraining.data import MultiInstanceImages, TwoViews
-from pretraining.model import nt_xent
+from pretraining.model import FractalClassifier, nt_xent
 
 DETECTORS = ("cfa", "cflow", "dfkde", "dfm", "fastflow", "padim", "patchcore", "reverse_distillation", "stfpm")
 # (classification: tests/test_pretrain.py learns a five-class problem; its export feeds test_detectors.py)
@@ -103,3 +103,16 @@ def test_nt_xent_is_low_for_matching_views_and_ln_2n_minus_1_for_uninformative_o
     assert nt_xent(z, z, 0.1) < 0.01  # each view's partner is itself: found at once
     same = torch.ones(16, 32)  # every embedding alike: a uniform guess among 2N - 1 others
     assert nt_xent(same, same, 0.5) == pytest.approx(np.log(31), abs=1e-5)
+
+
+def test_multilabel_metric_is_chance_at_the_base_rate_where_accuracy_would_look_high():
+    """The multilabel run reports mAP: 1 for a perfect ranking, the share of present labels for a
+    constant guess (what "absent" everywhere scores), which accuracy would put at 0.75."""
+    module = FractalClassifier("resnet18", 8, torch.optim.SGD, multilabel=True)
+    target = torch.zeros(64, 8, dtype=torch.int)
+    target[torch.arange(64), torch.arange(64) % 8] = 1  # one class present ...
+    target[torch.arange(64), (torch.arange(64) + 3) % 8] = 1  # ... and another: 2 of 8
+    assert module.metric_name == "mAP"
+    assert module.val_metric(target * 10.0 - 5.0, target) == pytest.approx(1.0)
+    module.val_metric.reset()
+    assert module.val_metric(torch.full((64, 8), -5.0), target) == pytest.approx(0.25)
