@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage import data as skimage_data
 
 from anomaly_data.builtin import make_builtin_dataset
 from anomaly_data.datamodules import Builtin
 from anomaly_data.textures import write_fractal_textures
-from detection.detect import synthetic_anomalies_from
+from detection.detect import synthetic_anomalies_from, validation_draws_apart
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +36,17 @@ def test_fractal_textures_are_the_same_bytes_wherever_built_and_fill_the_frame(t
     assert pixels.shape == (6, 64, 64, 3) and (pixels.max(axis=-1) == 0).mean() < 0.05  # texture, not black
 
 
-def validation_images(root: Path, cwd: Path, textures: Path | None) -> list[np.ndarray]:
-    """The synthetic validation split of the built-in `tiles`, made with ``cwd`` as working directory."""
+def validation_images(root: Path, cwd: Path, textures: Path | None, apart: bool = False,
+                      after: list | None = None) -> list[np.ndarray]:
+    """The synthetic validation split of the built-in `tiles`, made with ``cwd`` as working directory
+    (``apart``: as the detect stage makes it, see ``validation_draws_apart``). ``after`` receives the
+    next torch, numpy and python draws once the split is made: what the detector would draw next."""
     datamodule = Builtin(root=root, category="tiles", num_workers=0, val_split_mode="synthetic",
                          val_split_ratio=0.5, seed=0)
     if textures is not None:
         synthetic_anomalies_from(datamodule, textures)
+    if apart:
+        validation_draws_apart(datamodule)
     here = os.getcwd()
     os.chdir(cwd)
     try:
@@ -47,6 +54,8 @@ def validation_images(root: Path, cwd: Path, textures: Path | None) -> list[np.n
         datamodule.setup()
     finally:
         os.chdir(here)
+    if after is not None:
+        after.append((torch.rand(4).tolist(), np.random.rand(4).tolist(), random.random()))
     samples = datamodule.val_data.samples.sort_values("image_path")
     abnormal = samples[samples.label_index == 1]
     return [np.asarray(Image.open(p)) for p in abnormal.image_path]
@@ -66,3 +75,18 @@ def test_validation_anomalies_are_the_same_from_any_working_directory(textures, 
     default = [validation_images(root, cwd, None) for cwd in (plain, beside_dtd)]
     assert not all(np.array_equal(a, b) for a, b in zip(*default, strict=True)), "the cwd matters to anomalib"
     assert not all(np.array_equal(a, b) for a, b in zip(ours[0], default[0], strict=True)), "textures used"
+
+
+def test_how_validation_anomalies_are_drawn_leaves_the_detectors_draws_alone(textures, tmp_path):
+    """The detector's draws after the split (PatchCore's coreset, loader order) are the same with
+    fractal textures or anomalib's noise: a validation setting cannot move test figures. Without
+    ``validation_draws_apart`` they differ; with it the split's own images are unchanged."""
+    root = make_builtin_dataset(tmp_path / "data", image_size=64, n_train=8, n_test_good=2, n_test_defect=1)
+    apart, shared = [], []
+    images = {t: validation_images(root, tmp_path, t, apart=True, after=apart) for t in (textures, None)}
+    for t in (textures, None):
+        validation_images(root, tmp_path, t, after=shared)
+    assert apart[0] == apart[1]
+    assert shared[0] != shared[1], "the split draws from the detector's streams without the fix"
+    assert all(np.array_equal(a, b) for a, b in
+               zip(images[textures], validation_images(root, tmp_path, textures), strict=True))
