@@ -149,6 +149,7 @@ def _build_and_report_inode(root: str) -> int:
     return Path(root, "weave").stat().st_ino
 
 
+@pytest.mark.slow  # three processes building a dataset
 def test_parallel_jobs_build_the_dataset_once():
     """Parallel sweep jobs that all find no dataset: one builds it, the others wait and use that build.
     (Each used to build its own and swap it into place, deleting the folder under a job reading it.)"""

@@ -97,10 +97,12 @@ def check_predictions(record, test_dir: Path) -> None:
 
 
 # (architecture, weights): the tiny ResNet of most tests, the same with fractal weights (an export),
-# and the study's efficientnet_lite0 (TF padding), whose feature layers map differently.
+# and the study's efficientnet_lite0 (TF padding), whose feature layers map differently. The last two
+# are `slow` (CI runs them): the default selection fits each detector once; the lite0 layer mapping
+# has its own fast test below.
 BACKBONES = [pytest.param("resnet18", "random", id="resnet18-random"),
              pytest.param("resnet18", "fractal", id="resnet18-fractal", marks=pytest.mark.slow),
-             pytest.param("tf_efficientnet_lite0", "random", id="lite0-random")]
+             pytest.param("tf_efficientnet_lite0", "random", id="lite0-random", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("arch,weights", BACKBONES)
