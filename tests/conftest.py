@@ -11,6 +11,9 @@ from pathlib import Path
 # HF_HOME once); subprocess tests inherit it.
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="fractal-ad-tests-hf-")
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="fractal-ad-tests-torch-")
+# The validation anomalies' fractal textures are the same bytes wherever rendered (tested in
+# test_val_anomalies.py): one folder for the session instead of a second of rendering per test.
+TEXTURES = Path(tempfile.mkdtemp(prefix="fractal-ad-tests-textures-")) / "fractal"
 
 import mlflow
 import pytest
@@ -28,7 +31,8 @@ TINY = ["+debug=tiny", "~local"]
 
 def compose_config(out_dir: Path, *overrides: str, data_dir: Path | None = None) -> DictConfig:
     """The real config tree with TINY sizes, every output (MLflow store included) under ``out_dir``."""
-    paths = [f"paths.outputs_dir={out_dir}", f"paths.output_dir={out_dir}/job"]
+    paths = [f"paths.outputs_dir={out_dir}", f"paths.output_dir={out_dir}/job",
+             f"dataset.val_anomalies.fractal_dir={TEXTURES}"]
     if data_dir is not None:
         paths.append(f"paths.data_dir={data_dir}")
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
