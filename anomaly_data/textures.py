@@ -7,6 +7,14 @@ This module renders a fixed, seeded set of fractal textures instead (colour IFS 
 plasma background, so every pixel is texture), written once into a folder and byte-identical
 wherever and however often it is built.
 
+The textures' IFS systems must share nothing with any pre-training bank: a validation anomaly made
+of the very fractals a backbone was trained on biases every validation quantity of the fractal arm
+(format 1 drew them with ``sample_bank``'s own streams, so for seed 0 all of them were systems of
+the seed-0 bank). Texture ``i`` draws from ``SeedSequence(seed, spawn_key=(TEXTURE_STREAM, i))``:
+a bank's stream ``i`` is ``SeedSequence([seed, 0x1F5, i])`` with no spawn key, and numpy mixes a
+spawn key in after the entropy padded to four words, so no bank seed reaches these streams
+(tests/test_texture_streams.py checks every shipped fractal recipe and seeds 0-9 system by system).
+
     <folder>/textures.json   generation parameters (reuse check)
     <folder>/000.png ...     ``count`` RGB textures of ``size`` x ``size`` pixels
 """
@@ -18,14 +26,21 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 from filelock import FileLock
 from PIL import Image
 
-from fractals.ifs import sample_bank
+from fractals.ifs import sample_system
 from fractals.render import RenderConfig, derive_key, render_key
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: systems from TEXTURE_STREAM, apart from every pre-training bank
 PARAMS_FILE = "textures.json"
+TEXTURE_STREAM = 0x7E57  # the spawn-key word naming the texture stream; no bank stream carries one
+
+
+def texture_system(i: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The IFS system (A, b) of texture ``i``: an Anderson & Farrell system from the texture stream."""
+    return sample_system(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(TEXTURE_STREAM, i))))
 
 
 def write_fractal_textures(folder: str | Path, count: int = 64, size: int = 256, seed: int = 0) -> Path:
@@ -42,10 +57,10 @@ def write_fractal_textures(folder: str | Path, count: int = 64, size: int = 256,
         tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        bank = sample_bank(count, 1, seed=seed)
         cfg = RenderConfig(size=size, n_points=100_000, color=True, patch=True, background=True)
         for i in range(count):
-            Image.fromarray(render_key(*bank.system(i), derive_key(seed, i), cfg)).save(tmp / f"{i:03d}.png")
+            texture = render_key(*texture_system(i, seed), derive_key(seed, TEXTURE_STREAM, i), cfg)
+            Image.fromarray(texture).save(tmp / f"{i:03d}.png")
         (tmp / PARAMS_FILE).write_text(json.dumps(params))
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
