@@ -10,10 +10,13 @@ import re
 import resource
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from console.errors import ConfigError
@@ -95,22 +98,58 @@ def leakage_guard(val_split_mode: str) -> None:
             f"anomalies), 'from_train' or 'from_dir'.")
 
 
-def fit_on_all_normals(datamodule) -> None:
-    """Training-free detectors (memory bank, density) fit on every training normal, as the study does.
+VAL_SPLIT_STREAM = 0x5B17  # names the validation split's seed in split_seed
 
-    anomalib's synthetic validation split moves ``val_split_ratio`` of the normals out of the training
-    set; here the split is still made (the same images get the same synthetic anomalies, for the F1
-    threshold) but the training set is put back whole afterwards. So for these detectors the
-    validation normals are images they were fitted on; nothing of ``test/`` is involved.
-    """
+
+def split_seed(seed: int) -> int:
+    """The seed anomalib's ``random_split`` draws the validation split with, for the run seed ``seed``.
+
+    anomalib takes seed 0 for "no seed" (``manual_seed(seed) if seed else None``) and then draws from
+    the global torch stream of that moment, so run seed 0's split would depend on everything drawn
+    before it. The derivation (fixed): the first 32-bit word of numpy's
+    ``SeedSequence([seed, VAL_SPLIT_STREAM])``, or 1 where that word is 0: never 0, one per seed."""
+    return int(np.random.SeedSequence([int(seed), VAL_SPLIT_STREAM]).generate_state(1)[0]) or 1
+
+
+def keep_all_normals(datamodule) -> None:
+    """Keep the whole training set as ``datamodule.all_normals`` when the validation split is carved
+    out of it, for the fit on every training normal (training-free detectors; see ``fit_and_test``).
+    The split itself is anomalib's: ``datamodule.train_data`` is the training normals minus the
+    validation normals."""
     create_val_split = datamodule._create_val_split
 
-    def create_val_split_keeping_train() -> None:
-        train = datamodule.train_data
+    def create_val_split_keeping_all() -> None:
+        datamodule.all_normals = datamodule.train_data
         create_val_split()
-        datamodule.train_data = train
 
-    datamodule._create_val_split = create_val_split_keeping_train
+    datamodule._create_val_split = create_val_split_keeping_all
+
+
+def paired_validation(datamodule) -> None:
+    """Every validation normal stays in the validation split AND gets its synthetic anomalous copy.
+
+    anomalib's synthetic split turns half of the validation normals into anomalies and drops their
+    normal originals (``make_synthetic_dataset(..., anomalous_ratio=0.5)``): n validation normals give
+    n/2 x n/2 pairs for the validation AUROC. Converting all of them (ratio 1) and putting the normals
+    back gives n x n, with every anomaly next to its own normal image (the score difference is the
+    anomaly's, not the image's)."""
+    from anomalib.data.utils import synthetic
+
+    create_val_split, default = datamodule._create_val_split, synthetic.make_synthetic_dataset
+
+    def paired(source_samples, image_dir, mask_dir, anomalous_ratio=0.5):
+        normals = source_samples.filter(["image_path", "label", "label_index", "mask_path", "split"])
+        anomalies = default(source_samples, image_dir, mask_dir, 1.0)
+        return pd.concat([normals, anomalies], ignore_index=True)
+
+    def create_paired_val_split() -> None:
+        synthetic.make_synthetic_dataset = paired
+        try:
+            create_val_split()
+        finally:
+            synthetic.make_synthetic_dataset = default
+
+    datamodule._create_val_split = create_paired_val_split
 
 
 def validation_draws_apart(datamodule) -> None:
@@ -187,55 +226,75 @@ def selection_callbacks(selection: Selection | None, out_dir: Path) -> list:
 
 def fit_and_test(model, datamodule, out_dir: str | Path, *, labels: dict[str, str], dataset_root: str | Path,
                  selection: Selection | None = None, max_epochs: int = 1, accelerator: str = "auto",
-                 normals_for_fitting: bool = False, log_images: int = 0, verbose: bool = False,
+                 refit: Callable[[], Any] | None = None, log_images: int = 0, verbose: bool = False,
                  logger=None, anomaly_textures: Path | None = None) -> DetectRecord:
     """Fit ``model`` (an anomalib model, built and seeded by the caller) on ``datamodule``'s training
-    normals, select its epoch on the validation split (``selection``, detectors that train), and
-    test it. ``normals_for_fitting``: fit on every training normal (memory-bank and density
-    detectors; see ``fit_on_all_normals``). ``labels`` (dataset, category, backbone, detector) head
-    the metrics.csv row; ``dataset_root`` makes predictions.csv's image paths relative. ``logger``: a
-    Lightning logger for the per-epoch curves (losses, validation metrics) of detectors that train.
-    ``anomaly_textures``: the folder the synthetic validation anomalies take their textures from
-    (None: anomalib's default, which depends on the working directory)."""
+    normals minus the validation split, select its epoch on the validation split (``selection``,
+    detectors that train), and test it.
+
+    ``refit`` (training-free detectors: memory bank, density): a builder of a fresh copy of ``model``
+    (built and seeded the same way). ``model``, fitted without the validation normals, gives the
+    validation metrics (``val_*``: recipe pick, sweeper objective, normalisation rule), which must not
+    score images the detector was fitted on; then ``refit()`` is fitted on every training normal, as
+    the study does, for the test metrics (its F1 threshold from the same validation split).
+    Detectors that train hold the validation normals out anyway (one model, no ``refit``).
+
+    ``labels`` (dataset, category, backbone, detector) head the metrics.csv row; ``dataset_root``
+    makes predictions.csv's image paths relative. ``logger``: a Lightning logger for the per-epoch
+    curves (losses, validation metrics) of detectors that train. ``anomaly_textures``: the folder the
+    synthetic validation anomalies take their textures from (None: anomalib's default, which depends
+    on the working directory)."""
     from anomalib.engine import Engine
 
     out_dir = Path(out_dir)
-    if normals_for_fitting:
-        fit_on_all_normals(datamodule)
+    keep_all_normals(datamodule)
+    paired_validation(datamodule)
     if anomaly_textures is not None:
         synthetic_anomalies_from(datamodule, anomaly_textures)
     validation_draws_apart(datamodule)
     roc = RocCollector()
     callbacks = selection_callbacks(selection, out_dir)
-    # one device: multi-GPU belongs to pre-training; sweeps spread detect jobs over GPUs instead
-    engine = Engine(accelerator=accelerator, devices=1, default_root_dir=out_dir, logger=logger or False,
-                    max_epochs=max_epochs, enable_model_summary=verbose,
-                    callbacks=[*callbacks, roc, StepProgress("detect")])
 
+    def engine(*extra) -> Engine:  # one device: multi-GPU belongs to pre-training; sweeps spread jobs
+        return Engine(accelerator=accelerator, devices=1, default_root_dir=out_dir, logger=logger or False,
+                      max_epochs=max_epochs, enable_model_summary=verbose,
+                      callbacks=[*extra, StepProgress("detect")])
+
+    tester = engine(*callbacks, roc)
     start = time.perf_counter()
-    engine.fit(model=model, datamodule=datamodule)
+    tester.fit(model=model, datamodule=datamodule)
     fit_s = time.perf_counter() - start
     best = callbacks[0].best_model_path if callbacks else ""
-    # validation metrics of the model that is tested (the selected epoch): what sweepers may optimise
-    (validation,) = engine.validate(model=model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    # validation metrics of the model that is tested (the selected epoch) or, for training-free
+    # detectors, of the fit without the validation normals: what sweepers may optimise
+    (validation,) = tester.validate(model=model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    val_fit_images = len(datamodule.train_data)
+    if refit is not None:
+        datamodule.train_data = datamodule.all_normals  # same split, same synthetic anomalies
+        model, tester = refit(), engine(roc)
+        start = time.perf_counter()
+        tester.fit(model=model, datamodule=datamodule)
+        fit_s += time.perf_counter() - start
     start = time.perf_counter()
-    (results,) = engine.test(model=model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    (results,) = tester.test(model=model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     test_s = time.perf_counter() - start
 
+    val_labels = datamodule.val_data.samples.label_index
     metrics = {k: float(v) for k, v in {**validation, **results}.items()}
     metrics.update(fit_seconds=fit_s, test_seconds=test_s, fit_images=float(len(datamodule.train_data)),
-                   val_images=float(len(datamodule.val_data)),
+                   val_fit_images=float(val_fit_images), val_images=float(len(val_labels)), val_normals=float((val_labels == 0).sum()),
+                   val_anomalies=float((val_labels == 1).sum()),
                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if callbacks:
         metrics.update(selected_epoch=float(_epoch_of(best)) if best else -1.0,
-                       epochs_run=float(engine.trainer.current_epoch))
+                       epochs_run=float(tester.trainer.current_epoch))
     csv_path = write_csv(out_dir / "metrics.csv", {**labels, **metrics})
     predictions_csv = write_predictions(out_dir / "predictions.csv", roc, dataset_root)
     curves = roc.curves()
     title = f"{labels.get('detector')} / {labels.get('backbone')} / {labels.get('dataset')}:{labels.get('category')}"
     roc_path = plot_roc(curves, out_dir / "roc.png", title) if curves else None
     # anomalib writes under <out_dir>/<Model>/<Dataset>/<category>/v<N>/images
-    images = pick_images(Path(engine.trainer.default_root_dir) / "images", log_images)
+    images = pick_images(Path(tester.trainer.default_root_dir) / "images", log_images)
     return DetectRecord(metrics, csv_path, predictions_csv, roc_path, images)
 
 

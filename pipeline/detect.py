@@ -15,7 +15,7 @@ from console.errors import ConfigError
 from console.logs import log
 from detection.backbone import Backbone, BackboneError
 from detection.backbone import resolve_backbone as resolve
-from detection.detect import DetectRecord, Selection, fit_and_test, input_transform, leakage_guard
+from detection.detect import DetectRecord, Selection, fit_and_test, input_transform, leakage_guard, split_seed
 from detection.metrics import RawScorePostProcessor, study_evaluator
 from detection.models import build_detector
 from detection.plots import NormalisedVisualizer
@@ -113,12 +113,15 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path, dataset_pre
     # students/flows/decoders), so nothing that ran before in this process (another sweep job, the
     # offline ImageNet conversion, timm probing) changes them; the same stream then drives the
     # synthetic validation anomalies and the coreset.
-    seed_stage(cfg.seed)
-    # threshold-free metrics on raw scores; the F1 threshold and the drawn maps' scale come from validation
-    model = build_from_config(cfg.detector.model, backbone, pre_processor=pre_processor,
-                              post_processor=RawScorePostProcessor(), visualizer=NormalisedVisualizer(),
-                              evaluator=study_evaluator(cfg.detector.aupro_fpr_limit, pixel=dataset_has_masks(d)))
-    datamodule = hydra.utils.instantiate(d.datamodule, seed=cfg.seed)
+    def build():  # seeded each time: the refit of training-free detectors is the same model again
+        seed_stage(cfg.seed)
+        # threshold-free metrics on raw scores; the F1 threshold and the drawn maps' scale come from validation
+        return build_from_config(cfg.detector.model, backbone, pre_processor=pre_processor,
+                                 post_processor=RawScorePostProcessor(), visualizer=NormalisedVisualizer(),
+                                 evaluator=study_evaluator(cfg.detector.aupro_fpr_limit, pixel=dataset_has_masks(d)))
+
+    model = build()
+    datamodule = hydra.utils.instantiate(d.datamodule, seed=split_seed(cfg.seed))
     sel = cfg.detector.get("selection")
     # anomalib's MLflow logger writes into this stage's run: the per-epoch curves of detectors that train
     active = mlflow.active_run()
@@ -129,7 +132,7 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path, dataset_pre
         labels={"dataset": d.name, "category": d.category, "backbone": backbone.source, "detector": cfg.detector.name},
         selection=Selection(sel.monitor, sel.mode, sel.get("patience")) if sel else None,
         max_epochs=cfg.detector.get("max_epochs", 1), accelerator=cfg.trainer.accelerator,
-        normals_for_fitting=cfg.detector.get("fit_on_all_normals", False),
+        refit=build if cfg.detector.get("fit_on_all_normals", False) else None,
         log_images=cfg.detector.log_images, verbose=cfg.get("verbose", False), logger=logger,
         anomaly_textures=anomaly_textures(d))
     if mlflow.active_run():
