@@ -102,12 +102,14 @@ VAL_SPLIT_STREAM = 0x5B17  # names the validation split's seed in split_seed
 
 
 def split_seed(seed: int) -> int:
-    """The seed anomalib's ``random_split`` draws the validation split with, for the run seed ``seed``.
+    """The seed the validation split draws with (anomalib's choice of validation normals, and the
+    synthetic anomalies: ``validation_draws_apart``), for the run seed ``seed``.
 
-    anomalib takes seed 0 for "no seed" (``manual_seed(seed) if seed else None``) and then draws from
-    the global torch stream of that moment, so run seed 0's split would depend on everything drawn
-    before it. The derivation (fixed): the first 32-bit word of numpy's
-    ``SeedSequence([seed, VAL_SPLIT_STREAM])``, or 1 where that word is 0: never 0, one per seed."""
+    Derived, not the run seed itself: some anomalib versions read seed 0 as "no seed"
+    (``manual_seed(seed) if seed else None``; 2.7 tests ``is not None``), and the split's streams
+    should not be the very streams the run seed starts (the model's init). The derivation (fixed):
+    the first 32-bit word of numpy's ``SeedSequence([seed, VAL_SPLIT_STREAM])``, or 1 where that word
+    is 0: never 0, a fixed number per seed."""
     return int(np.random.SeedSequence([int(seed), VAL_SPLIT_STREAM]).generate_state(1)[0]) or 1
 
 
@@ -153,17 +155,26 @@ def paired_validation(datamodule) -> None:
 
 
 def validation_draws_apart(datamodule) -> None:
-    """The validation split draws from a copy of the random streams (torch, numpy, python), so the
-    detector's own draws after it (PatchCore's coreset, loader order) are the same however the
-    validation anomalies are drawn: a validation-only setting cannot move test figures on fixed
+    """The validation split draws from its own random streams (torch, numpy, python), seeded with
+    the datamodule's ``seed`` (``split_seed`` of the run seed) and put back afterwards. So the split,
+    its synthetic anomalies included, is a function of the seed, the data and the textures alone,
+    the same whatever was drawn before (building a random-init backbone, PaDiM's channel subset);
+    and the detector's own draws after it (PatchCore's coreset, loader order) are the same however
+    the validation anomalies are drawn: a validation-only setting cannot move test figures on fixed
     weights. (Without this, choosing other anomaly textures moved a seed's PatchCore image AUROC
-    by up to 0.03.) The split itself draws exactly what it drew before."""
+    by up to 0.03.) anomalib seeds only the choice of validation normals; which of them become
+    anomalies (pandas ``sample``) and the anomalies (Perlin masks, textures) draw from the global
+    streams."""
     create_val_split = datamodule._create_val_split
 
     def create_val_split_apart() -> None:
         python_state, numpy_state = random.getstate(), np.random.get_state()
         try:
             with torch.random.fork_rng(devices=[]):
+                if datamodule.seed is not None:
+                    random.seed(datamodule.seed)
+                    np.random.seed(datamodule.seed % 2**32)
+                    torch.manual_seed(datamodule.seed)
                 create_val_split()
         finally:
             random.setstate(python_state)
