@@ -84,6 +84,13 @@ def anomaly_textures(d: DictConfig) -> Path | None:
     return Path(textures) if textures else None
 
 
+def detector_crop(cfg: DictConfig) -> int | None:
+    """The centre crop of the detector's input: ``dataset.crop`` for detectors that crop
+    (``detector.center_crop``: PatchCore, whose anomalib v1 transform, the study's, was resize 256 +
+    centre crop 224), none for the others (anomalib v1 resized their input only)."""
+    return cfg.dataset.get("crop") if cfg.detector.get("center_crop") else None
+
+
 def prepare_dataset(d: DictConfig) -> Path:
     """Everything about the ``dataset`` group that can fail before a model exists: the input size and
     crop, the built-in dataset (built on first use), the layout on disk, the validation anomalies'
@@ -107,7 +114,7 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path, dataset_pre
     d = cfg.dataset
     if not dataset_prepared:
         prepare_dataset(d)
-    pre_processor = PreProcessor(transform=input_transform(d.image_size, d.get("crop"), backbone.mean, backbone.std))
+    pre_processor = PreProcessor(transform=input_transform(d.image_size, detector_crop(cfg), backbone.mean, backbone.std))
 
     # Seeded right before the first random draw of the stage (random init, PaDiM's channel subset, the
     # students/flows/decoders), so nothing that ran before in this process (another sweep job, the
@@ -121,7 +128,9 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path, dataset_pre
                                  evaluator=study_evaluator(cfg.detector.aupro_fpr_limit, pixel=dataset_has_masks(d)))
 
     model = build()
-    datamodule = hydra.utils.instantiate(d.datamodule, seed=split_seed(cfg.seed))
+    # a detector's own batch sizes (the study's CFlow and RD configs) over the dataset's
+    batches = {k: cfg.detector[k] for k in ("train_batch_size", "eval_batch_size") if cfg.detector.get(k)}
+    datamodule = hydra.utils.instantiate(d.datamodule, seed=split_seed(cfg.seed), **batches)
     sel = cfg.detector.get("selection")
     # anomalib's MLflow logger writes into this stage's run: the per-epoch curves of detectors that train
     active = mlflow.active_run()
