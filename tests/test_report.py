@@ -379,3 +379,22 @@ def test_main_experiment_compares_three_arms_on_one_architecture(tmp_path):
     assert set(comparisons["comparison"]) == {"fractal - random", "fractal - imagenet", "imagenet - random"}
     assert str(report_dir / "comparison.png") in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
     assert set(runs_of(f"sqlite:///{tmp_path}/mlflow.db")["status"]) == {"FINISHED"}
+
+
+def test_validation_split_size_and_auroc_resolution_beside_the_recipe_selection(tmp_path):
+    """Runs that log val_normals / val_anomalies: per category the counts (min-max where seeds
+    differ) and 1 / (normals x anomalies) of the smallest split; older runs without them: no table."""
+    rng = np.random.default_rng(13)
+    rows = pd.concat([arm_rows("fractal", grid(rng), recipe=h, val=grid(rng), val_pixel=0.6) for h in ("aaa", "bbb")])
+    assert report.validation_split(rows).empty
+    counts = {"tiles": (8, 6), "washer": (10, 4), "weave": (8, 6)}
+    rows["val_normals"] = [counts[c][0] - (s == "2" and c == "weave") for c, s in zip(rows["category"], rows["seed"])]
+    rows["val_anomalies"] = [counts[c][1] for c in rows["category"]]
+    split = report.validation_split(rows).set_index("category")
+    assert split.loc["washer", "auroc_resolution"] == pytest.approx(1 / 40)
+    assert split.loc["weave", "auroc_resolution"] == pytest.approx(1 / (7 * 6))  # the smaller split
+    paths = report.write_report(rows, tmp_path)
+    text = paths["markdown"].read_text()
+    assert "| builtin | weave | 6 | 7-8 | 6 | 0.0238 |" in text and "| builtin | washer | 6 | 10 | 4 | 0.0250 |" in text
+    assert text.index("Recipe selection") < text.index("Validation split per category")
+    assert pd.read_csv(paths["validation_split"])["category"].tolist() == ["tiles", "washer", "weave"]
