@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from filelock import FileLock
 from omegaconf import DictConfig
 
 from console.logs import log
+from pipeline import provenance
 from pipeline.config import config_hash
 
 
@@ -19,10 +21,14 @@ def shared_fractal_backbone(cfg: DictConfig, train: Callable[[], tuple[Path | No
     """Jobs whose weights would be identical share one export (``train()`` returns the export folder
     and the pretrain run id).
 
-    The export is kept under ``outputs/backbones/<hash of fractal, pretrain, optim, arch, trainer, seed>``;
-    the first job trains it while parallel jobs with the same hash wait on a lock, then reuse it.
+    The export is kept under ``outputs/backbones/<hash of fractal, pretrain, optim, arch, trainer, seed>-
+    <arch>-<hash of the code version>``; the first job trains it while parallel jobs with the same key
+    wait on a lock, then reuse it. The code version is in the key: a backbone trained by other code
+    (another commit, other uncommitted changes) is never reused.
     """
-    key = config_hash(cfg, ("fractal", "pretrain", "optim", "trainer", "seed")) + f"-{cfg.backbone.arch}"
+    code = provenance.code_version()
+    key = (config_hash(cfg, ("fractal", "pretrain", "optim", "trainer", "seed")) + f"-{cfg.backbone.arch}-"
+           + hashlib.sha256(code.encode()).hexdigest()[:8])
     shared = Path(cfg.paths.outputs_dir) / "backbones" / key
     with FileLock(shared.with_name(key + ".lock")):
         if (shared / "run.json").is_file():
@@ -34,6 +40,6 @@ def shared_fractal_backbone(cfg: DictConfig, train: Callable[[], tuple[Path | No
             tmp = shared.with_name(key + ".partial")
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(export_dir, tmp / "backbone")
-            (tmp / "run.json").write_text(json.dumps({"pretrain_run_id": run_id}))
+            (tmp / "run.json").write_text(json.dumps({"pretrain_run_id": run_id, "code_version": code}))
             tmp.rename(shared)
         return export_dir, run_id

@@ -20,6 +20,7 @@ from detection.metrics import RawScorePostProcessor, study_evaluator
 from detection.models import build_detector
 from detection.plots import NormalisedVisualizer
 from pipeline.config import seed_stage
+from pipeline.provenance import log_dataset_inputs, split_files
 
 
 def fetch_mlflow_export(run_id: str, dst: Path) -> Path:
@@ -105,9 +106,12 @@ def prepare_dataset(d: DictConfig) -> Path:
     return folder
 
 
-def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path, dataset_prepared: bool = False) -> DetectRecord:
-    """Build, fit and test the configured detector on ``backbone``; log metrics and files to the
-    active MLflow run (if any). ``dataset_prepared``: ``prepare_dataset`` already ran in this call."""
+def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path, dataset_prepared: bool = False,
+           model_id: str | None = None) -> DetectRecord:
+    """Build, fit and test the configured detector on ``backbone``; log metrics, files and the
+    dataset inputs (the train and test files' digests) to the active MLflow run (if any).
+    ``dataset_prepared``: ``prepare_dataset`` already ran in this call. ``model_id``: the backbone's
+    MLflow LoggedModel, which the metrics are logged against."""
     from anomalib.loggers import AnomalibMLFlowLogger
     from anomalib.pre_processing import PreProcessor
 
@@ -145,7 +149,9 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path, dataset_pre
         log_images=cfg.detector.log_images, verbose=cfg.get("verbose", False), logger=logger,
         anomaly_textures=anomaly_textures(d))
     if mlflow.active_run():
-        mlflow.log_metrics(record.metrics)
+        log_dataset_inputs(f"{d.name}:{d.category}", d.root, {
+            "train": split_files(datamodule.train_data.samples), "test": split_files(datamodule.test_data.samples)})
+        mlflow.log_metrics(record.metrics, model_id=model_id)
         for path in (record.metrics_csv, record.predictions_csv, record.roc_png):
             if path:
                 mlflow.log_artifact(str(path))

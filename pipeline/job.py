@@ -27,6 +27,7 @@ from pipeline.config import (
 from pipeline.detect import detect, prepare_dataset, resolve_backbone
 from pipeline.generate import generate
 from pipeline.pretrain import check_objective_config, pretrain
+from pipeline.provenance import backbone_model_id, code_version
 from pipeline.sweep import SWEEP_RUN_ENV
 
 
@@ -64,7 +65,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     sweep_run_id = os.environ.get(SWEEP_RUN_ENV)
     tags = {"backbone": source_label(cfg), "arch": cfg.backbone.arch, "detector": cfg.detector.name,
             "dataset": cfg.dataset.name, "category": cfg.dataset.category, "seed": str(cfg.seed),
-            "config_hash": config_hash(cfg), "pretrain_hash": pretrain_hash(cfg),
+            "config_hash": config_hash(cfg), "pretrain_hash": pretrain_hash(cfg), "code_version": code_version(),
             **({"sweep_run_id": sweep_run_id} if sweep_run_id else {})}
 
     export_dir = pretrain_run_id = None
@@ -81,14 +82,20 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
             export_dir, pretrain_run_id = shared_fractal_backbone(cfg, train) if reuse else train()
         if "detect" in cfg.stages:
             # detect seeds itself right before building the detector (pipeline/detect.py)
+            weights = str(cfg.backbone.get("weights") or "")
+            if weights.startswith("runs:/"):
+                pretrain_run_id = weights.removeprefix("runs:/").split("/")[0]
             upstream = {"pretrain_run_id": pretrain_run_id} if pretrain_run_id else {}
+            model_id = backbone_model_id(pretrain_run_id)  # the fractal export's LoggedModel, if any
             with tracking.stage_run("detect", cfg, groups=("backbone", "detector", "dataset", "trainer"),
                                     tags={**tags, **upstream}):
+                if model_id:
+                    mlflow.set_tag("backbone_model_id", model_id)
                 backbone = resolve_backbone(cfg.backbone, export_dir, out_dir)
                 mlflow.set_tags({"weights": backbone.weights, "normalization": cfg.backbone.normalization})
                 mlflow.log_params({"input_mean": str(backbone.mean), "input_std": str(backbone.std),
                                    "weights_origin": backbone.weights})  # e.g. timm hub timm/<arch>.<tag>
-                metrics = detect(cfg, backbone, out_dir / "detect", dataset_prepared=True).metrics
+                metrics = detect(cfg, backbone, out_dir / "detect", dataset_prepared=True, model_id=model_id).metrics
             mlflow.log_metrics({k: metrics[k] for k in HEADLINE if k in metrics})
             row = pd.DataFrame([{**tags, **metrics}]).reindex(columns=["backbone", "detector", "category", *HEADLINE])
             log.info("\n" + row.to_string(index=False, float_format="{:.3f}".format, na_rep="-") + "\n")

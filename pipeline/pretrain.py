@@ -29,7 +29,9 @@ from console.progress import StepProgress
 from detection.export import write_export
 from fractals.families import MultiFormulaConfig
 from fractals.ifs import SystemBank
+from pipeline.config import pretrain_hash
 from pipeline.generate import dataset_args
+from pipeline.provenance import code_version, log_backbone_model
 from pretraining.callbacks import FirstBatchAndDataWait, RngState
 from pretraining.data import TRAIN, VAL, FractalDataModule, MultiInstanceImages, TwoViews, make_dataset
 from pretraining.model import FractalClassifier, FractalSimCLR
@@ -159,6 +161,10 @@ def pretrain(cfg: DictConfig, bank: SystemBank, out_dir: str | Path, bank_path: 
                 mlflow.log_artifact(str(monitor.grid_path), "samples")
             if p.log_export:
                 mlflow.log_artifacts(str(export_dir), "backbone")
+            # the Models view lists the backbone, linked to this run, with the detect metrics it reached
+            log_backbone_model(active.info.run_id, cfg.backbone.arch, {
+                "pretrain_hash": pretrain_hash(cfg), "code_version": code_version(), "seed": str(cfg.seed)},
+                logged_export=bool(p.log_export))
         log.info(f"pretrain: {trainer.global_step} steps in {seconds:.0f} s: training "
               f"{metrics['train_img_per_s']:.0f} img/s, waiting for data {100 * metrics['data_wait_fraction']:.0f}% "
               f"of the time; export {export_dir}")

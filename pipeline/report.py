@@ -2,23 +2,42 @@
 
 An *arm* is everything that defines what is compared: backbone source, architecture, pre-training
 recipe (tag ``pretrain_hash``: the fractal + pretrain + backbone settings for fractal weights, the
-weights' identity and input normalisation for the others), detector and dataset. Runs of different
-arms are never pooled. Within an arm the runs differ only by category and seed.
+weights' identity and input normalisation for the others), detector, dataset and the code that ran
+it (tag ``code_version``: package version + git commit, see pipeline/provenance.py). Runs of
+different arms are never pooled. Within an arm the runs differ only by category and seed; a repeated
+arm x category x seed run is de-duplicated by ``collect`` (the newest FINISHED one is kept, the
+others are named), never counted as another seed.
+
+The unit of every interval and test is the seed. A seed is one pre-training (fractal) or one init
+(random), shared by every category tested on it; with a fixed backbone (ImageNet) the seed still
+drives the detector's own draws (coreset, channel subset, validation anomalies). Categories are
+therefore description, never replication: per seed the categories are averaged first.
 
 Per arm (one row of ``summary``): for each seed the mean over categories, then over seeds their
-mean, standard deviation and a 95% t-interval (no interval with one seed); and the spread over
-categories (each category's mean over seeds; std and 95% t-interval over categories). The
-expected categories of an arm are all categories any arm of the same detector and dataset ran; a
-seed whose category mean would miss one of them (absent, or its run FAILED) is left out of the
-statistics and the arm is marked in ``status``, never averaged over fewer categories.
+mean, standard deviation and a 95% t-interval (no interval with one seed); and, as description, the
+spread over categories (each category's mean over seeds; std and 95% t-interval over categories,
+the ``_cat_`` columns). The expected categories of an arm are all categories any arm of the same
+detector and dataset ran; a seed whose category mean would miss one of them (absent, or its run
+FAILED) is left out of the statistics and the arm is marked in ``status``, never averaged over
+fewer categories.
 
-``paired``: for each detector, dataset and architecture, every two arms of different backbone
-sources, matched on (category, seed): mean difference, a 95% paired-bootstrap interval of it and
-the two-sided Wilcoxon signed-rank p (scipy), per metric.
+``paired``: for each detector, dataset, architecture and code version, every two arms of different
+backbone sources, matched on seed (the seed's category mean, complete seeds only): the mean
+difference a - b, its paired Student-t 95% interval over seeds, the exact two-sided Wilcoxon
+signed-rank p over seeds, the Holm-adjusted p (over the comparisons of one detector x dataset x arch
+x code version x metric: the family that answers "which source is best for this metric here") and
+the number of ``units`` (seeds). ``reading`` says "a > b" / "a < b" only where the units carry it:
+the interval excludes 0 and the Holm p is at most 0.05 (which needs n units with 2/2^n <= 0.05: 6
+seeds for one comparison, 7 for the study's three, 3 x 2/2^7 = 0.047); otherwise "not resolved with
+N seeds". The per-category differences (``diff:<c>``)
+are description.
 
 ``selection``: where one backbone source has several recipes (a sweep over pre-training settings),
-its arms ranked by the validation image AUROC, ties broken by the validation pixel AUROC (training
-normals + synthetic anomalies, never the test set), and the best one marked: the recipe to carry forward is picked there, not on test AUROC.
+its arms ranked by the validation image AUROC, ties broken by the validation pixel AUROC (never the
+test set), and the best one marked: the recipe to carry forward is picked there, not on test AUROC.
+Its ``seeds`` are its units. ``validation_split``: the validation split's size per category (metrics
+``val_normals`` / ``val_anomalies`` where the detect runs logged them) and the resolution of its
+AUROC, 1 / (normals x anomalies): differences between recipes below it are ties.
 """
 
 from __future__ import annotations
@@ -35,35 +54,63 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from console.logs import log  # noqa: E402
 from detection.metrics import HEADLINE, VALIDATION  # noqa: E402
 
 # order matters: backbone, detector, dataset first (the table reads as "fractal | patchcore | builtin")
-ARM = ["backbone", "detector", "dataset", "arch", "pretrain_hash"]
+ARM = ["backbone", "detector", "dataset", "arch", "pretrain_hash", "code_version"]
 UNKNOWN = "-"  # runs logged before a tag existed
 BACKBONE_ORDER = ["imagenet", "fractal", "fractal-multilabel", "fractal-simclr", "random"]
 COLOURS = {"imagenet": "#4c72b0", "fractal": "#dd8452", "fractal-multilabel": "#c44e52",
            "fractal-simclr": "#55a868", "random": "#8c8c8c"}  # same in every report
 PAIRS = [("fractal", "random"), ("fractal", "imagenet"), ("imagenet", "random")]  # a - b
 CONFIDENCE = 0.95
-BOOTSTRAP_RESAMPLES = 10_000
+ALPHA = 1 - CONFIDENCE
+# the validation split's size, logged by the detect stage (image counts); absent in older runs
+SPLIT_SIZE = ("val_normals", "val_anomalies")
+# metrics arrive as float32 (torchmetrics): differences that tie exactly (AUROCs in ninths) differ
+# around the 8th digit, so they are compared at this many decimals
+DECIMALS = 6
 
 
 def collect(tracking_uri: str, experiment: str, filter_string: str = "") -> pd.DataFrame:
     """One row per ended detect run (FINISHED, or FAILED/KILLED: shown as failed): its tags, status
-    and headline metrics (NaN where a run logged none, e.g. pixel metrics without masks)."""
+    and headline metrics (NaN where a run logged none, e.g. pixel metrics without masks).
+
+    A repeated arm x category x seed (a job re-run, a sweep resumed) keeps one run, the newest
+    FINISHED one (the newest run if none finished): the others are listed in a warning and in
+    ``rows.attrs["dropped"]`` (run ids), never counted as extra seeds."""
     mlflow.set_tracking_uri(tracking_uri)
     query = " and ".join(f for f in ("tags.stage = 'detect'", filter_string) if f)
     runs = mlflow.search_runs(experiment_names=[experiment], filter_string=query)
-    columns = ["run_id", "status", *ARM, "category", "seed", *HEADLINE, *VALIDATION]
+    columns = ["run_id", "status", "start_time", *ARM, "category", "seed", *HEADLINE, *VALIDATION, *SPLIT_SIZE]
     if runs.empty:
-        return pd.DataFrame(columns=columns)
+        rows = pd.DataFrame(columns=columns)
+        rows.attrs["dropped"] = []
+        return rows
     runs = runs[runs["status"] != "RUNNING"]  # still in flight: neither a result nor a failure
-    rows = pd.DataFrame({"run_id": runs["run_id"], "status": runs["status"]})
+    rows = pd.DataFrame({"run_id": runs["run_id"], "status": runs["status"], "start_time": runs["start_time"]})
     for tag in (*ARM, "category", "seed"):
         rows[tag] = runs[f"tags.{tag}"].fillna(UNKNOWN) if f"tags.{tag}" in runs else UNKNOWN
-    for metric in (*HEADLINE, *VALIDATION):
+    for metric in (*HEADLINE, *VALIDATION, *SPLIT_SIZE):
         rows[metric] = runs[f"metrics.{metric}"] if f"metrics.{metric}" in runs else np.nan
-    return rows[columns].sort_values([*ARM, "category", "seed"]).reset_index(drop=True)
+    rows, dropped = deduplicate(rows[columns])
+    if dropped:
+        log.warning(f"{len(dropped)} repeated arm x category x seed run(s) left out (the newest FINISHED "
+                    f"run of each is kept): {', '.join(dropped)}")
+    rows = rows.sort_values([*ARM, "category", "seed"]).reset_index(drop=True)
+    rows.attrs["dropped"] = dropped
+    return rows
+
+
+def deduplicate(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """One run per arm x category x seed: the newest FINISHED one, else the newest one; returns the
+    kept rows and the run ids left out (oldest first)."""
+    key = [*ARM, "category", "seed"]
+    order = rows.assign(_finished=rows["status"] == "FINISHED").sort_values(["_finished", "start_time"])
+    repeated = order.duplicated(key, keep="last")  # the last of each key: finished before not, newest
+    dropped = order.loc[repeated].sort_values("start_time")["run_id"].tolist()
+    return rows[~rows["run_id"].isin(dropped)], dropped
 
 
 def t_interval(values) -> tuple[float, float, float, float]:
@@ -88,6 +135,32 @@ def _expected_categories(rows: pd.DataFrame) -> dict[tuple, list[str]]:
     return {key: sorted(set(g["category"])) for key, g in rows.groupby(["detector", "dataset"])}
 
 
+def _seed_order(seeds) -> list[str]:
+    return sorted(set(seeds), key=lambda s: (len(s), s))  # numeric order of the seed tags
+
+
+def _complete_seeds(runs: pd.DataFrame, wanted: list[str]) -> tuple[list[str], list[str]]:
+    """The seeds of one arm whose every expected category FINISHED, and what is wrong with the others."""
+    done = _finished(runs)
+    problems, complete = [], []
+    for seed in _seed_order(runs["seed"]):
+        have = set(done.loc[done["seed"] == seed, "category"])
+        failed = sorted(set(runs.loc[(runs["seed"] == seed) & (runs["status"] != "FINISHED"), "category"]) - have)
+        missing = sorted(set(wanted) - have - set(failed))
+        problems += [f"FAILED {c} (seed {seed})" for c in failed] + [f"missing {c} (seed {seed})" for c in missing]
+        if not failed and not missing:
+            complete.append(seed)
+    return complete, problems
+
+
+def _per_seed(runs: pd.DataFrame, complete: list[str], metric: str) -> pd.Series:
+    """The category mean of ``metric`` per complete seed (the unit). skipna=False: a category
+    without the metric makes the seed's mean missing, not smaller."""
+    done = _finished(runs)
+    done = done[done["seed"].isin(complete)]
+    return done.groupby("seed")[metric].apply(lambda v: v.mean(skipna=False)).reindex(complete)
+
+
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per arm: seeds, categories, status and, per metric, the statistics above; then the
     per-category image AUROC (mean over seeds; NaN where absent or failed)."""
@@ -95,23 +168,14 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     records = []
     for arm, runs in rows.groupby(ARM, sort=True):
         wanted = expected[(arm[1], arm[2])]
-        done = _finished(runs)
-        seeds = sorted(set(runs["seed"]), key=lambda s: (len(s), s))
-        problems, complete = [], []
-        for seed in seeds:
-            have = set(done.loc[done["seed"] == seed, "category"])
-            failed = sorted(set(runs.loc[(runs["seed"] == seed) & (runs["status"] != "FINISHED"), "category"]) - have)
-            missing = sorted(set(wanted) - have - set(failed))
-            problems += [f"FAILED {c} (seed {seed})" for c in failed] + [f"missing {c} (seed {seed})" for c in missing]
-            if not failed and not missing:
-                complete.append(seed)
+        complete, problems = _complete_seeds(runs, wanted)
         record = dict(zip(ARM, arm))
         record.update(seeds=len(complete), categories=len(wanted),
                       status="ok" if not problems else "; ".join(problems))
+        done = _finished(runs)
         done = done[done["seed"].isin(complete)]
         for metric in (*HEADLINE, *(m for m in VALIDATION if m in runs)):
-            # skipna=False: a category without the metric makes the seed's mean missing, not smaller
-            per_seed = done.groupby("seed")[metric].apply(lambda v: v.mean(skipna=False)).reindex(complete)
+            per_seed = _per_seed(runs, complete, metric)
             per_cat = done.groupby("category")[metric].mean().reindex(wanted) if complete else pd.Series(dtype=float)
             mean, std, low, high = t_interval(per_seed)
             _, cat_std, cat_low, cat_high = t_interval(per_cat)
@@ -125,13 +189,14 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def selection(table: pd.DataFrame, metrics: tuple[str, ...] = VALIDATION) -> pd.DataFrame:
-    """Per backbone source, detector, dataset and architecture with more than one recipe: the arms
+    """Per backbone source, detector, dataset, architecture and code version with more than one recipe: the arms
     ranked by the validation ``metrics`` (mean over seeds of the category mean; the second breaks
     ties of the first, which a small validation split quantises coarsely), the first one
-    ``picked``. Test metrics ride along for the record; they choose nothing."""
+    ``picked``; ``seeds`` is the number of units each value rests on. Test metrics ride along for the
+    record; they choose nothing."""
     if f"{metrics[0]}_mean" not in table:
         return pd.DataFrame()
-    key = ["backbone", "detector", "dataset", "arch"]
+    key = ["backbone", "detector", "dataset", "arch", "code_version"]
     ranks = [f"{m}_mean" for m in metrics if f"{m}_mean" in table]
     several = table.groupby(key)["pretrain_hash"].transform("nunique") > 1
     # rounded: metrics arrive as float32 (torchmetrics), so values that tie exactly (ninths) differ
@@ -147,27 +212,50 @@ def selection(table: pd.DataFrame, metrics: tuple[str, ...] = VALIDATION) -> pd.
 
 
 def paired(rows: pd.DataFrame, metrics: tuple[str, ...] = HEADLINE) -> pd.DataFrame:
-    """Backbone sources compared per detector, dataset and architecture on matched (category, seed)
-    pairs of FINISHED runs: mean of a - b, its 95% paired-bootstrap interval, Wilcoxon p."""
-    done = _finished(rows)
+    """Backbone sources compared per detector, dataset, architecture and code version, paired by
+    seed (the unit: each arm's category mean of a complete seed): mean of a - b, its paired t 95%
+    interval over seeds, exact Wilcoxon p, Holm-adjusted p, units and the reading; the per-category
+    mean differences over the same seeds as description (``diff:<category>``)."""
+    expected = _expected_categories(rows)
+    group_key = ["detector", "dataset", "arch", "code_version"]
     out = []
-    for (detector, dataset, arch), group in done.groupby(["detector", "dataset", "arch"], sort=True):
+    for (detector, dataset, arch, code), group in rows.groupby(group_key, sort=True):
+        wanted = expected[(detector, dataset)]
         arms = {key: g for key, g in group.groupby(["backbone", "pretrain_hash"])}
+        complete = {key: _complete_seeds(g, wanted)[0] for key, g in arms.items()}
         for (src_a, src_b) in _pairs(sorted({k[0] for k in arms})):
             for (a, ha), (b, hb) in ((ka, kb) for ka in arms if ka[0] == src_a for kb in arms if kb[0] == src_b):
-                merged = arms[(a, ha)].merge(arms[(b, hb)], on=["category", "seed"], suffixes=("_a", "_b"))
+                seeds = [s for s in complete[(a, ha)] if s in complete[(b, hb)]]
                 for metric in metrics:
-                    pairs = merged[[f"{metric}_a", f"{metric}_b"]].dropna()
-                    if pairs.empty:
+                    x = _per_seed(arms[(a, ha)], seeds, metric)
+                    y = _per_seed(arms[(b, hb)], seeds, metric)
+                    both = x.notna() & y.notna()
+                    if not both.any():
                         continue
-                    diff, low, high, p = paired_test(pairs[f"{metric}_a"], pairs[f"{metric}_b"])
-                    out.append({"detector": detector, "dataset": dataset, "arch": arch,
-                                "comparison": f"{a} - {b}", "pretrain_hash_a": ha, "pretrain_hash_b": hb,
-                                "metric": metric, "pairs": len(pairs), "mean_diff": diff,
-                                "ci_low": low, "ci_high": high, "wilcoxon_p": p})
-    columns = ["detector", "dataset", "arch", "comparison", "pretrain_hash_a", "pretrain_hash_b", "metric",
-               "pairs", "mean_diff", "ci_low", "ci_high", "wilcoxon_p"]
-    return pd.DataFrame(out, columns=columns)
+                    used = list(x.index[both])
+                    mean, low, high, p = seed_test(x[both], y[both])
+                    by_category = {}
+                    for label, runs in (("a", arms[(a, ha)]), ("b", arms[(b, hb)])):
+                        done = _finished(runs)
+                        by_category[label] = done[done["seed"].isin(used)].groupby("category")[metric].mean()
+                    out.append({"detector": detector, "dataset": dataset, "arch": arch, "code_version": code,
+                                "comparison": f"{a} - {b}", "a": a, "b": b, "pretrain_hash_a": ha,
+                                "pretrain_hash_b": hb, "metric": metric, "units": len(used),
+                                "seeds": " ".join(used), "mean_diff": mean, "ci_low": low, "ci_high": high,
+                                "wilcoxon_p": p,
+                                **{f"diff:{c}": by_category["a"].get(c, np.nan) - by_category["b"].get(c, np.nan)
+                                   for c in wanted}})
+    columns = ["detector", "dataset", "arch", "code_version", "comparison", "pretrain_hash_a", "pretrain_hash_b",
+               "metric", "units", "seeds", "mean_diff", "ci_low", "ci_high", "wilcoxon_p", "holm_p", "reading"]
+    table = pd.DataFrame(out)
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    # Holm over one family: the comparisons of one detector x dataset x arch x code version x metric
+    table["holm_p"] = table.groupby([*group_key, "metric"])["wilcoxon_p"].transform(holm)
+    table["reading"] = [reading(r.a, r.b, r.mean_diff, r.ci_low, r.ci_high, r.holm_p, r.units)
+                        for r in table.itertuples()]
+    descriptive = sorted(c for c in table.columns if c.startswith("diff:"))
+    return table[columns + descriptive]
 
 
 def _pairs(sources: list[str]) -> list[tuple[str, str]]:
@@ -176,20 +264,71 @@ def _pairs(sources: list[str]) -> list[tuple[str, str]]:
     return known + [p for p in combinations(sources, 2) if p not in known and p[::-1] not in known]
 
 
-def paired_test(a, b, seed: int = 0) -> tuple[float, float, float, float]:
-    """Mean of a - b, its 95% percentile bootstrap interval (pairs resampled; seeded, so the report is
-    reproducible; NaN for one pair) and the two-sided Wilcoxon signed-rank p (exact for small n;
-    1.0 when every difference is zero)."""
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    mean = float(d.mean())
+def seed_test(a, b) -> tuple[float, float, float, float]:
+    """Per-seed values of two arms, paired: the mean of a - b, its paired Student-t 95% interval
+    (NaN with one unit) and the exact two-sided Wilcoxon signed-rank p (NaN with one unit).
+
+    The differences are rounded to ``DECIMALS`` for the ranks, so float32 noise neither breaks a tie nor
+    turns a zero difference into a sign. Zeros and ties as scipy documents them:
+    ``zero_method="pratt"`` keeps zero differences in the ranking (a seed where the arms tie is
+    evidence of no difference, not missing data; scipy calls it the more conservative choice), and
+    the p-value comes from ``PermutationMethod`` with every one of the 2^n sign flips enumerated
+    (``n_resamples=inf``), which stays exact with ties and zeros where ``method="exact"`` does not.
+    The smallest two-sided p n units can give is 2/2^n (0.25 for 3 seeds, 0.0625 for 5, 0.031 for 6)."""
+    raw = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    mean, _, low, high = t_interval(raw)
+    d = np.round(raw, DECIMALS)  # for the ranks only
     if d.size < 2:
         return mean, np.nan, np.nan, np.nan
     if not np.any(d):
-        return mean, 0.0, 0.0, 1.0
-    boot = stats.bootstrap((d,), np.mean, confidence_level=CONFIDENCE, n_resamples=BOOTSTRAP_RESAMPLES,
-                           method="percentile", rng=np.random.default_rng(seed))
-    p = float(stats.wilcoxon(a, b).pvalue)
-    return mean, float(boot.confidence_interval.low), float(boot.confidence_interval.high), p
+        return mean, low, high, 1.0  # no difference at all: nothing to rank
+    method = stats.PermutationMethod(n_resamples=np.inf) if d.size <= 20 else "auto"  # 2^20 flips at most
+    p = float(stats.wilcoxon(d, zero_method="pratt", method=method).pvalue)
+    return mean, low, high, min(p, 1.0)
+
+
+def holm(p) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (NaN entries are not in the family): the
+    k-th smallest p times (m - k + 1), made non-decreasing, capped at 1."""
+    p = np.asarray(p, dtype=float)
+    adjusted = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = order.size
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return adjusted
+
+
+def resolvable(units: int) -> bool:
+    """Can n units give an exact two-sided p of at most ALPHA at all (2/2^n <= 0.05: 6 seeds)?"""
+    return units >= 1 and 2.0 / 2 ** units <= ALPHA
+
+
+def reading(a: str, b: str, mean: float, low: float, high: float, p_holm: float, units: int) -> str:
+    """``a > b`` / ``a < b`` where the units carry it (interval clear of 0 and Holm p <= ALPHA),
+    otherwise ``not resolved with N seeds``."""
+    clear = np.isfinite(low) and np.isfinite(high) and (low > 0 or high < 0)
+    if resolvable(units) and clear and np.isfinite(p_holm) and p_holm <= ALPHA:
+        return f"{a} > {b}" if mean > 0 else f"{a} < {b}"
+    return f"not resolved with {units} seed{'s' if units != 1 else ''}"
+
+
+def validation_split(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset and category: the validation split's normals and anomalies (image counts the
+    detect runs logged, ``val_normals``/``val_anomalies``; min-max where runs differ) and the
+    resolution of its AUROC, 1 / (normals x anomalies) for the smallest split: one swapped pair of
+    images moves the AUROC by that much. Empty when no run logged the counts."""
+    if not all(m in rows for m in SPLIT_SIZE) or rows[list(SPLIT_SIZE)].isna().all().all():
+        return pd.DataFrame()
+    done = _finished(rows).dropna(subset=list(SPLIT_SIZE))
+    records = []
+    for (dataset, category), g in done.groupby(["dataset", "category"], sort=True):
+        normals, anomalies = g["val_normals"], g["val_anomalies"]
+        records.append({"dataset": dataset, "category": category, "runs": len(g),
+                        "val_normals_min": normals.min(), "val_normals_max": normals.max(),
+                        "val_anomalies_min": anomalies.min(), "val_anomalies_max": anomalies.max(),
+                        "auroc_resolution": 1.0 / (g["val_normals"] * g["val_anomalies"]).min()})
+    return pd.DataFrame(records)
 
 
 def _num(v, digits: int = 3) -> str:
@@ -222,12 +361,13 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
             *("| " + " | ".join(row) + " |" for row in body)]
 
 
-def markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> str:
+def markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None,
+             split: pd.DataFrame | None = None) -> str:
     """The summary (mean [95% CI over seeds] per metric, per-category image AUROC, status), the
-    recipe selection on validation (when a source has several recipes) and the paired comparisons,
-    as Markdown with a legend."""
+    recipe selection on validation (when a source has several recipes) with the validation split's
+    size (``split``, from ``validation_split``) and the paired comparisons, as Markdown with legends."""
     categories = [c for c in table.columns if c.startswith("image_AUROC:")]
-    header = ["backbone", "detector", "dataset", "arch", "pretrain", "seeds", "categories",
+    header = ["backbone", "detector", "dataset", "arch", "pretrain", "code", "seeds", "categories",
               *(f"{m} mean [95% CI]" for m in HEADLINE), *categories, "status"]
     body = []
     for _, r in table.iterrows():
@@ -236,39 +376,63 @@ def markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> st
                     *(_category_cell(r[c], c.split(":", 1)[1], r["status"]) for c in categories), str(r["status"])])
     lines = _table(header, body)
     lines += ["", "Mean over categories, then mean over seeds; [95% CI]: Student-t interval over seeds of "
-              "the category mean (none with one seed). Per-category columns: image AUROC, mean over "
-              "seeds (*: some seed of it failed or is missing). '-': no value (metric not logged). "
-              "status lists failed and missing category/seed runs; seeds with one are left out of the "
-              "statistics, never averaged over fewer categories. summary.csv also has the std and 95% CI "
-              "over categories (`_cat_` columns)."]
+              "the category mean (the seed is the unit: one pre-training or init shared by every category; "
+              "none with one seed). Per-category columns: image AUROC, mean over seeds (*: some seed of it "
+              "failed or is missing), description, not units. '-': no value (metric not logged). code: the "
+              "code version (package + git commit). status lists failed and missing category/seed runs; "
+              "seeds with one are left out of the statistics, never averaged over fewer categories. "
+              "summary.csv also has the std and 95% CI over categories (`_cat_` columns, description)."]
     picks = selection(table)
     if not picks.empty:
         lines += _section(
             "Recipe selection: where one backbone source ran several pre-training recipes, its arms ranked "
-            "by val_image_AUROC, ties broken by val_pixel_AUROC (training normals + synthetic anomalies; the "
-            "test set chooses nothing), mean over seeds [95% CI]; the first of each group is the pick. Test "
-            "image AUROC for the record.",
-            ["backbone", "detector", "dataset", "arch", "pretrain", "seeds", "val_image_AUROC", "val_pixel_AUROC",
-             "picked", "image_AUROC (test)"],
+            "by val_image_AUROC, ties broken by val_pixel_AUROC (the validation split: normals + synthetic "
+            "anomalies; the test set chooses nothing), mean over seeds [95% CI over seeds]; the first of each "
+            "group is the pick. units: the seeds each value rests on (with 1 there is no interval, and a pick "
+            "on one seed is a guess). Test image AUROC for the record.",
+            ["backbone", "detector", "dataset", "arch", "pretrain", "units (seeds)", "val_image_AUROC",
+             "val_pixel_AUROC", "picked", "image_AUROC (test)"],
             [[r.backbone, r.detector, r.dataset, r.arch, r.pretrain_hash, str(r.seeds),
               _cell(r.val_image_AUROC_mean, r.val_image_AUROC_ci_low, r.val_image_AUROC_ci_high),
               _cell(r.val_pixel_AUROC_mean, r.val_pixel_AUROC_ci_low, r.val_pixel_AUROC_ci_high),
               "yes" if r.picked else "", _num(r.image_AUROC_mean)] for r in picks.itertuples()])
-    if comparisons is not None and not comparisons.empty:
+    if split is not None and not split.empty:
         lines += _section(
-            "Paired comparison (matched category x seed runs of the same detector, dataset and architecture): "
-            "mean difference a - b, 95% paired-bootstrap CI, two-sided Wilcoxon signed-rank p (exact; with n "
-            "pairs p cannot go below 2/2^n, 0.25 for 3). With under about 10 pairs the percentile bootstrap "
-            "interval is too narrow: read it with the p and n, and add seeds (seed=0,1,2) for a real interval.",
-            ["detector", "dataset", "arch", "a - b", "metric", "n pairs", "mean diff", "95% CI", "Wilcoxon p"],
-            [[r.detector, r.dataset, r.arch, r.comparison, r.metric, str(r.pairs), f"{r.mean_diff:+.3f}",
-              _interval(r.ci_low, r.ci_high), _num(r.wilcoxon_p)] for r in comparisons.itertuples()])
+            "Validation split per category (image counts the detect runs logged; min-max over runs where they "
+            "differ): its image AUROC moves in steps of 1 / (normals x anomalies), so recipes closer than that "
+            "on validation are tied.",
+            ["dataset", "category", "runs", "val normals", "val anomalies", "AUROC resolution"],
+            [[r.dataset, r.category, str(r.runs), _range(r.val_normals_min, r.val_normals_max),
+              _range(r.val_anomalies_min, r.val_anomalies_max), _num(r.auroc_resolution, 4)]
+             for r in split.itertuples()])
+    if comparisons is not None and not comparisons.empty:
+        versions = comparisons["code_version"].nunique() > 1
+        lines += _section(
+            "Paired comparison, one unit per seed (a seed is one pre-training or init, shared by every category; "
+            "an ImageNet arm is paired by seed too, its seed drives the detector's draws): each arm's category "
+            "mean per complete seed, matched on seed within one detector, dataset, architecture and code "
+            "version. mean diff a - b; 95% CI: paired Student-t interval over seeds; Wilcoxon p: exact two-sided "
+            "signed-rank p over seeds (all 2^n sign flips; zero differences ranked, Pratt); it cannot go below "
+            "2/2^n (0.25 with 3 seeds, 0.0625 with 5, 0.031 with 6). Holm p: Holm-adjusted over the comparisons "
+            "of one detector x dataset x arch x metric (three sources: three comparisons, so 7 seeds before "
+            "anything can resolve). reading: a > b or a < b only where the interval excludes 0 "
+            "and the Holm p is at most 0.05, else 'not resolved with N seeds'. Per-category differences "
+            "(paired.csv `diff:` columns) are description, never units.",
+            ["detector", "dataset", "arch", *(["code"] if versions else []), "a - b", "metric", "units (seeds)",
+             "mean diff", "95% CI", "Wilcoxon p", "Holm p", "reading"],
+            [[r.detector, r.dataset, r.arch, *([r.code_version] if versions else []), r.comparison, r.metric,
+              str(r.units), f"{r.mean_diff:+.3f}", _interval(r.ci_low, r.ci_high), _num(r.wilcoxon_p),
+              _num(r.holm_p), r.reading] for r in comparisons.itertuples()])
     return "\n".join(lines)
+
+
+def _range(low, high) -> str:
+    return "-" if not np.isfinite(low) else f"{low:.0f}" if low == high else f"{low:.0f}-{high:.0f}"
 
 
 def _labels(table: pd.DataFrame) -> list[str]:
     """Bar labels: the backbone source, plus arch and recipe when one source has several arms."""
-    several = table.groupby("backbone")[["arch", "pretrain_hash"]].nunique().max(axis=1) > 1
+    several = table.groupby("backbone")[["arch", "pretrain_hash", "code_version"]].nunique().max(axis=1) > 1
     return [f"{r.backbone} {r.arch} {r.pretrain_hash}" if several[r.backbone] else r.backbone
             for r in table.itertuples()]
 
@@ -343,7 +507,7 @@ def write_report(rows: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
                          "(e.g. --sweep <sweep run id>); runs still RUNNING are left out.")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table, comparisons = summarise(rows), paired(rows)
+    table, comparisons, split = summarise(rows), paired(rows), validation_split(rows)
     paths = {"runs": out_dir / "runs.csv", "summary": out_dir / "summary.csv",
              "paired": out_dir / "paired.csv", "markdown": out_dir / "summary.md"}
     rows.to_csv(paths["runs"], index=False)
@@ -353,7 +517,10 @@ def write_report(rows: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     if not picks.empty:
         paths["selection"] = out_dir / "selection.csv"
         picks.to_csv(paths["selection"], index=False)
-    paths["markdown"].write_text(markdown(table, comparisons) + "\n")
+    if not split.empty:
+        paths["validation_split"] = out_dir / "validation_split.csv"
+        split.to_csv(paths["validation_split"], index=False)
+    paths["markdown"].write_text(markdown(table, comparisons, split) + "\n")
     paths["bars"] = bar_plot(table, out_dir / "comparison.png")
     paths["heat_map"] = heat_map(rows, out_dir / "per_category.png")
     return paths

@@ -4,12 +4,16 @@
     python scripts/compare.py --sweep <sweep run id>   # one multirun (its id is printed at the start)
     python scripts/compare.py --filter "tags.dataset = 'builtin'" --out outputs/report
 
-Writes runs.csv, summary.csv (per arm: mean, std and 95% CI over seeds and over categories),
-paired.csv (fractal vs random, fractal vs ImageNet, ImageNet vs random: mean difference, paired
-bootstrap CI, Wilcoxon p), summary.md (both tables), comparison.png (grouped bars, 95% CI) and
+Writes runs.csv, summary.csv (per arm: mean, std and 95% CI over seeds; over categories as
+description), paired.csv (fractal vs random, fractal vs ImageNet, ImageNet vs random, one unit per
+seed: mean difference, paired t 95% CI over seeds, exact Wilcoxon p, Holm p, units and the reading,
+"not resolved with N seeds" where the seeds cannot carry one), validation_split.csv (when the runs
+logged its size), summary.md (the tables), comparison.png (grouped bars, 95% CI) and
 per_category.png (heat map), and prints the tables. A multirun writes the same report into its
-folder at the end. An arm is backbone x arch x pre-training recipe x detector x dataset; failed
-and missing category runs are listed, never averaged away (see pipeline/report.py).
+folder at the end. An arm is backbone x arch x pre-training recipe x detector x dataset x code
+version; failed and missing category runs are listed, never averaged away, and a repeated
+arm x category x seed run is counted once (the newest FINISHED; the dropped run ids are printed).
+See pipeline/report.py.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(paths["markdown"].read_text())
     print(f"{len(rows)} detect runs")
+    dropped = rows.attrs.get("dropped", [])
+    if dropped:
+        print(f"dropped {len(dropped)} repeated runs: {', '.join(dropped)} (the newest FINISHED run of each "
+              f"arm x category x seed is kept)")
     print(report.closing_lines(paths, args.tracking_uri))
     return 0
 

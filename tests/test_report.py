@@ -2,6 +2,7 @@
 
 Rows are built with known values (the shape ``report.collect`` returns) or logged as real runs
 into a temporary MLflow SQLite store; the slow test runs the main experiment through run.py -m.
+The seed is the unit of every interval and test; categories are averaged within a seed first.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ CATEGORIES = ["tiles", "washer", "weave"]
 def arm_rows(backbone: str, values: dict[tuple[str, int], float], arch: str = "efficientnet_lite0",
              recipe: str = "h0", detector: str = "patchcore", status: dict | None = None,
              pixel: bool = True, val: dict[tuple[str, int], float] | None = None,
-             val_pixel: float | None = None) -> pd.DataFrame:
+             val_pixel: float | None = None, code: str = "c0") -> pd.DataFrame:
     """Rows of one arm: ``values[(category, seed)]`` is the image AUROC; pixel metrics derived from
     it; ``val`` the validation image AUROC (absent: not logged)."""
     rows = []
     for (category, seed), v in values.items():
         row = {"run_id": f"{backbone}-{arch}-{recipe}-{category}-{seed}", "backbone": backbone,
                "detector": detector, "dataset": "builtin", "arch": arch, "pretrain_hash": recipe,
+               "code_version": code, "start_time": pd.Timestamp(0),
                "category": category, "seed": str(seed), "image_AUROC": v,
                "status": (status or {}).get((category, seed), "FINISHED")}
         if pixel:
@@ -42,8 +44,8 @@ def arm_rows(backbone: str, values: dict[tuple[str, int], float], arch: str = "e
         if val is not None:
             row.update(val_image_AUROC=val[(category, seed)], val_pixel_AUROC=val_pixel)
         rows.append(row)
-    return pd.DataFrame(rows).reindex(columns=["run_id", "status", *report.ARM, "category", "seed", *HEADLINE,
-                                               *VALIDATION])
+    return pd.DataFrame(rows).reindex(columns=["run_id", "status", "start_time", *report.ARM, "category", "seed",
+                                               *HEADLINE, *VALIDATION])
 
 
 def grid(rng: np.random.Generator, seeds=(0, 1, 2), categories=CATEGORIES, offset=0.0):
@@ -78,24 +80,98 @@ def test_one_seed_has_a_mean_and_no_interval_and_says_so():
     assert f"| {row['image_AUROC_mean']:.3f} |" in text and "none with one seed" in text
 
 
-def test_paired_comparison_matches_scipy_wilcoxon_on_the_same_pairs():
+def seed_means(values: dict[tuple[str, int], float], seeds) -> np.ndarray:
+    return np.array([np.mean([v for (c, s), v in values.items() if s == seed]) for seed in seeds])
+
+
+def exact_signed_rank_p(d: np.ndarray) -> float:
+    """Two-sided p of the signed-rank statistic by enumerating every sign flip (numpy only; zero
+    differences ranked and dropped, Pratt; ties get average ranks)."""
+    ranks = stats.rankdata(np.abs(d))
+    nonzero = d != 0
+    observed = ranks[nonzero & (d > 0)].sum()
+    flips = np.array(list(itertools.product([0, 1], repeat=d.size)), dtype=bool)
+    null = (flips & nonzero) @ ranks
+    centre = ranks[nonzero].sum() / 2
+    return min(1.0, float(np.mean(np.abs(null - centre) >= abs(observed - centre) - 1e-9)))
+
+
+def test_paired_comparison_has_one_unit_per_seed_and_matches_scipy_over_seeds():
+    """3 seeds x 3 categories are 3 units: the seed's category mean, paired by seed; t interval and
+    exact Wilcoxon over the 3 differences; the floor 0.25 makes it 'not resolved with 3 seeds'."""
     rng = np.random.default_rng(2)
     fractal, random = grid(rng, offset=0.08), grid(rng)
     rows = pd.concat([arm_rows("fractal", fractal), arm_rows("random", random, recipe="h1")])
     comparisons = report.paired(rows)
     (row,) = comparisons[(comparisons["metric"] == "image_AUROC")].to_dict("records")
-    keys = sorted(fractal)
-    a, b = np.array([fractal[k] for k in keys]), np.array([random[k] for k in keys])
-    assert row["comparison"] == "fractal - random" and row["pairs"] == 9
-    assert row["mean_diff"] == pytest.approx(np.mean(a - b))
-    assert row["wilcoxon_p"] == pytest.approx(stats.wilcoxon(a, b).pvalue)
-    # the paired bootstrap interval against a plain numpy percentile bootstrap of the same pairs
-    d = a - b
-    means = d[np.random.default_rng(7).integers(0, d.size, (20_000, d.size))].mean(axis=1)
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])), abs=0.01)
-    assert row["ci_low"] < row["mean_diff"] < row["ci_high"]
+    d = seed_means(fractal, (0, 1, 2)) - seed_means(random, (0, 1, 2))
+    assert row["comparison"] == "fractal - random" and row["units"] == 3 and "pairs" not in comparisons
+    assert row["mean_diff"] == pytest.approx(np.mean(d))
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(stats.t.interval(0.95, 2, loc=d.mean(), scale=stats.sem(d)))
+    assert row["wilcoxon_p"] == pytest.approx(stats.wilcoxon(d, method="exact").pvalue) == pytest.approx(0.25)
+    assert row["holm_p"] == row["wilcoxon_p"]  # one comparison per family
+    assert row["reading"] == "not resolved with 3 seeds"
+    # per-category differences are description beside the units
+    assert row["diff:washer"] == pytest.approx(np.mean([fractal[("washer", s)] - random[("washer", s)] for s in (0, 1, 2)]))
     text = report.markdown(report.summarise(rows), comparisons)
-    assert f"| fractal - random | image_AUROC | 9 | {np.mean(d):+.3f} |" in text
+    assert f"| fractal - random | image_AUROC | 3 | {np.mean(d):+.3f} |" in text
+    assert "| 0.250 | 0.250 | not resolved with 3 seeds |" in text
+
+
+def test_seven_seeds_with_a_clear_difference_resolve_and_holm_adjusts_the_family():
+    """Seven seeds, fractal above random on every one: exact p 2/2^7; three sources make three
+    comparisons per metric, Holm-adjusted as an independent step-down loop computes (3 x 2/2^7 =
+    0.047: seven seeds are the fewest that can resolve one of three comparisons)."""
+    seeds = range(7)
+    rng = np.random.default_rng(11)
+    fractal, random = grid(rng, seeds=seeds, offset=0.15), grid(rng, seeds=seeds)
+    imagenet = grid(rng, seeds=seeds, offset=0.05)
+    # a clear margin on every seed, whatever the draws
+    fractal = {k: v + 0.3 for k, v in fractal.items()}
+    rows = pd.concat([arm_rows("fractal", fractal), arm_rows("random", random, recipe="h1"),
+                      arm_rows("imagenet", imagenet, recipe="h2")])
+    image = report.paired(rows).query("metric == 'image_AUROC'").set_index("comparison")
+    assert list(image.index) == ["fractal - random", "fractal - imagenet", "imagenet - random"]
+    assert (image["units"] == 7).all()
+    assert image.loc["fractal - random", "wilcoxon_p"] == pytest.approx(2 / 2**7)
+    raw = image["wilcoxon_p"].to_numpy()
+    expected, running = np.empty(3), 0.0
+    for k, i in enumerate(np.argsort(raw)):  # Holm: (m - k) * p_(k), non-decreasing, at most 1
+        running = max(running, min(1.0, (3 - k) * raw[i]))
+        expected[i] = running
+    assert image["holm_p"].to_numpy() == pytest.approx(expected)
+    assert image.loc["fractal - random", "reading"] == "fractal > random"
+    assert image.loc["fractal - imagenet", "ci_low"] > 0
+    # the same data on six seeds: raw p 2/2^6 = 0.031, but Holm over three comparisons 0.094
+    six = rows[rows["seed"] != "6"]
+    assert set(report.paired(six)["reading"]) == {"not resolved with 6 seeds"}
+
+
+def test_zero_differences_and_float_ties_are_handled_exactly():
+    """Float32 AUROCs that tie (ninths) and a seed where the arms are equal: the p equals an
+    enumeration of every sign flip over the rounded differences (ties share ranks, the zero is
+    ranked and dropped); without the rounding the float noise would break the ties."""
+    ninth = lambda k: float(np.float32(k / 9))  # noqa: E731
+    a = np.array([ninth(8), ninth(7), ninth(6), ninth(5), ninth(9)])
+    b = np.array([ninth(7), ninth(6), ninth(5), ninth(5), ninth(7)])
+    assert len(set(a - b)) > 2  # the raw differences are not exactly equal
+    mean, low, high, p = report.seed_test(a, b)
+    d = np.round(a - b, 6)
+    assert p == pytest.approx(exact_signed_rank_p(d))
+    assert mean == pytest.approx(np.mean(a - b)) and low < mean < high
+    assert report.seed_test([0.5, 0.6], [0.5, 0.6])[3] == 1.0
+    assert np.isnan(report.seed_test([0.7], [0.6])[3])
+    assert report.reading("a", "b", 0.1, np.nan, np.nan, np.nan, 1) == "not resolved with 1 seed"
+
+
+def test_categories_are_never_extra_units():
+    """Two seeds of three categories: 2 units whatever the number of categories."""
+    rng = np.random.default_rng(12)
+    rows = pd.concat([arm_rows("fractal", grid(rng, seeds=(0, 1), offset=0.3)),
+                      arm_rows("random", grid(rng, seeds=(0, 1)), recipe="h1")])
+    comparisons = report.paired(rows)
+    assert (comparisons["units"] == 2).all()
+    assert set(comparisons["reading"]) == {"not resolved with 2 seeds"}
 
 
 def test_different_architectures_and_recipes_are_never_pooled():
@@ -116,9 +192,9 @@ def test_different_architectures_and_recipes_are_never_pooled():
     # each fractal recipe against the random arm of ITS architecture only; resnet18 has no partner
     assert set(image["arch"]) == {"efficientnet_lite0"}
     assert sorted(image["pretrain_hash_a"]) == ["aaa", "bbb"] and set(image["pretrain_hash_b"]) == {"rnd"}
-    assert (image["pairs"] == 9).all()
+    assert (image["units"] == 3).all()
     assert image.set_index("pretrain_hash_a").loc["bbb", "mean_diff"] == pytest.approx(
-        np.mean([fractal_b[k] - random_lite[k] for k in fractal_b]))
+        np.mean(seed_means(fractal_b, (0, 1, 2)) - seed_means(random_lite, (0, 1, 2))))
 
 
 def test_recipe_selection_ranks_on_validation_never_on_test(tmp_path):
@@ -218,38 +294,51 @@ def test_pretrain_hash_names_the_recipe_not_the_seed_or_the_bookkeeping(tmp_path
     assert a == b != c
 
 
-def log_run(client, experiment_id, tags, metrics, status="FINISHED"):
-    run = client.create_run(experiment_id, tags={"stage": "detect", **tags})
+_clock = itertools.count(1_700_000_000_000, 1000)  # start times one second apart: "newest" is unambiguous
+
+
+def log_run(client, experiment_id, tags, metrics, status="FINISHED") -> str:
+    run = client.create_run(experiment_id, start_time=next(_clock), tags={"stage": "detect", **tags})
     for k, v in metrics.items():
         client.log_metric(run.info.run_id, k, v)
     client.set_terminated(run.info.run_id, status)
+    return run.info.run_id
 
 
 def test_collect_and_compare_script_on_a_real_store(tmp_path):
-    """Real runs in SQLite: old runs without arch/pretrain_hash tags, a FAILED run, no pixel metrics,
-    a RUNNING run (in flight, ignored); compare.py rebuilds the report and exits 0."""
+    """Real runs in SQLite: old runs without arch/pretrain_hash/code_version tags, a FAILED run, no
+    pixel metrics, a RUNNING run (in flight, ignored), and one arm x category x seed run three times
+    (an older FINISHED, a newer FAILED, the newest FINISHED): the newest FINISHED is kept, the other
+    two are named; compare.py rebuilds the report, says what it dropped and exits 0."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.MlflowClient(uri)
     experiment_id = client.create_experiment("fractal-ad")
     base = {"detector": "patchcore", "dataset": "images", "seed": "0"}
+    older = log_run(client, experiment_id, {**base, "backbone": "fractal", "category": "a"}, {"image_AUROC": 0.1})
     for backbone, category, auroc in [("fractal", "a", 0.7), ("fractal", "b", 0.8),
                                       ("random", "a", 0.6), ("random", "b", 0.5)]:
         log_run(client, experiment_id, {**base, "backbone": backbone, "category": category}, {"image_AUROC": auroc})
+    failed_rerun = log_run(client, experiment_id, {**base, "backbone": "random", "category": "b"}, {}, "FAILED")
     log_run(client, experiment_id, {**base, "backbone": "imagenet", "category": "a", "arch": "x",
                                     "pretrain_hash": "p"}, {}, status="FAILED")
     client.create_run(experiment_id, tags={"stage": "detect", **base, "backbone": "imagenet", "category": "b"})
     rows = report.collect(uri, "fractal-ad")
+    assert rows.attrs["dropped"] == [older, failed_rerun]
     assert len(rows) == 5 and set(rows["status"]) == {"FINISHED", "FAILED"}
     assert set(rows.loc[rows["backbone"] == "fractal", "arch"]) == {report.UNKNOWN}
+    assert set(rows["code_version"]) == {report.UNKNOWN}
     assert rows["pixel_AUROC"].isna().all()
     proc = subprocess.run([sys.executable, str(ROOT / "scripts/compare.py"), "--tracking-uri", uri,
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     table = pd.read_csv(tmp_path / "out/summary.csv").set_index("backbone")
     assert table.loc["fractal", "image_AUROC_mean"] == pytest.approx(0.75)
+    assert table.loc["random", "image_AUROC_mean"] == pytest.approx(0.55)
     assert table.loc["imagenet", "status"] == "FAILED a (seed 0); missing b (seed 0)"
     assert "| - | - | - | FAILED | missing | FAILED a (seed 0)" in proc.stdout
-    assert "| fractal - random | image_AUROC | 2 | +0.200 |" in proc.stdout
+    # one seed: one unit, whatever the two categories
+    assert "| fractal - random | image_AUROC | 1 | +0.200 | - | - | - | not resolved with 1 seed |" in proc.stdout
+    assert f"dropped 2 repeated runs: {older}, {failed_rerun}" in proc.stdout
 
 
 @pytest.mark.parametrize("backbone", ["fractal", "imagenet_offline", "random"])
@@ -290,3 +379,22 @@ def test_main_experiment_compares_three_arms_on_one_architecture(tmp_path):
     assert set(comparisons["comparison"]) == {"fractal - random", "fractal - imagenet", "imagenet - random"}
     assert str(report_dir / "comparison.png") in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
     assert set(runs_of(f"sqlite:///{tmp_path}/mlflow.db")["status"]) == {"FINISHED"}
+
+
+def test_validation_split_size_and_auroc_resolution_beside_the_recipe_selection(tmp_path):
+    """Runs that log val_normals / val_anomalies: per category the counts (min-max where seeds
+    differ) and 1 / (normals x anomalies) of the smallest split; older runs without them: no table."""
+    rng = np.random.default_rng(13)
+    rows = pd.concat([arm_rows("fractal", grid(rng), recipe=h, val=grid(rng), val_pixel=0.6) for h in ("aaa", "bbb")])
+    assert report.validation_split(rows).empty
+    counts = {"tiles": (8, 6), "washer": (10, 4), "weave": (8, 6)}
+    rows["val_normals"] = [counts[c][0] - (s == "2" and c == "weave") for c, s in zip(rows["category"], rows["seed"])]
+    rows["val_anomalies"] = [counts[c][1] for c in rows["category"]]
+    split = report.validation_split(rows).set_index("category")
+    assert split.loc["washer", "auroc_resolution"] == pytest.approx(1 / 40)
+    assert split.loc["weave", "auroc_resolution"] == pytest.approx(1 / (7 * 6))  # the smaller split
+    paths = report.write_report(rows, tmp_path)
+    text = paths["markdown"].read_text()
+    assert "| builtin | weave | 6 | 7-8 | 6 | 0.0238 |" in text and "| builtin | washer | 6 | 10 | 4 | 0.0250 |" in text
+    assert text.index("Recipe selection") < text.index("Validation split per category")
+    assert pd.read_csv(paths["validation_split"])["category"].tolist() == ["tiles", "washer", "weave"]

@@ -1,0 +1,129 @@
+"""Where a number came from: the code that computed it and the files it was computed on.
+
+``code_version()`` names the code: the package version plus the git commit of the checkout it runs
+from (``0.1.0+g<12 hex>``), with ``-dirty.<digest of the diff>`` when tracked source files have
+uncommitted changes (the digest, not just "dirty", so two different uncommitted states are two
+versions and a backbone cached by one is not reused by the other), or ``0.1.0+src<digest of the
+source files>`` when the code is not a git checkout (a pip install, a CI copy). It tags every run,
+is part of the report's arm and of the shared-backbone key.
+
+``log_dataset_inputs`` records the files a detect run fitted and tested on as MLflow dataset inputs;
+``log_backbone_model`` / ``backbone_model_id`` make a fractal export an MLflow LoggedModel that the
+detect runs using it log their metrics against.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import os
+import subprocess
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import mlflow
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "fractal-ad"
+# what decides the numbers: the packages and the configs (tests, docs and scripts do not)
+SOURCES = ("anomaly_data", "console", "detection", "fractals", "pipeline", "pretraining", "conf", "run.py")
+SUFFIXES = {".py", ".yaml"}
+
+
+def _git(*args: str) -> str | None:
+    try:
+        proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):  # no git on this machine
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def source_digest() -> str:
+    """sha256 of the source files' relative paths and bytes (12 hex digits)."""
+    h = hashlib.sha256()
+    for name in SOURCES:
+        path = ROOT / name
+        files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file()) if path.is_dir() else (
+            [path] if path.is_file() else [])
+        for f in files:
+            if "__pycache__" in f.parts:
+                continue
+            h.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+@functools.cache
+def code_version() -> str:
+    """``<package version>+g<commit>[-dirty.<diff digest>]``, or ``+src<digest>`` outside git. Once
+    per process: a job runs the code it started with."""
+    try:
+        version = importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        version = "0"
+    top = _git("rev-parse", "--show-toplevel")
+    # the checkout must be this code's own (a pip install inside someone's repository is not)
+    if top and Path(top.strip()).resolve() == ROOT:
+        commit = (_git("rev-parse", "HEAD") or "").strip()
+        diff = _git("diff", "HEAD", "--", *SOURCES)
+        if commit and diff is not None:
+            dirty = f"-dirty.{hashlib.sha256(diff.encode()).hexdigest()[:8]}" if diff else ""
+            return f"{version}+g{commit[:12]}{dirty}"
+    return f"{version}+src{source_digest()}"
+
+
+def files_digest(files: Iterable[str | Path], root: str | Path) -> tuple[str, int]:
+    """sha256 (16 hex digits) of the sorted ``relative path <tab> size in bytes`` lines of ``files``
+    (paths relative to ``root``, so moving the dataset keeps the digest; sizes, not bytes, so it
+    costs one stat per file: a file rewritten at the same size is not seen), and the file count."""
+    lines = sorted(f"{Path(os.path.relpath(f, root)).as_posix()}\t{os.stat(f).st_size}" for f in files)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16], len(lines)
+
+
+def split_files(samples) -> list[str]:
+    """The image and mask files of an anomalib dataset's ``samples`` table."""
+    files = []
+    for column in ("image_path", "mask_path"):
+        if column in samples:
+            files += [str(p) for p in samples[column] if isinstance(p, str | Path) and str(p)]
+    return sorted(set(files))
+
+
+def log_dataset_inputs(name: str, root: str | Path, splits: Mapping[str, Iterable[str | Path]]) -> dict[str, str]:
+    """Log one MLflow dataset input per split (context ``train``, ``test``) to the active run:
+    ``name`` (``<dataset>:<category>``), the digest of its files (``files_digest``) and their count
+    (input tag ``files``). Returns the digests by context."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    source = resolve_dataset_source(str(Path(root).resolve()))
+    digests = {}
+    for context, files in splits.items():
+        digest, count = files_digest(files, root)
+        mlflow.log_input(MetaDataset(source, name=name, digest=digest), context=context, tags={"files": str(count)})
+        digests[context] = digest
+    return digests
+
+
+def log_backbone_model(run_id: str, arch: str, tags: Mapping[str, str], logged_export: bool) -> str:
+    """The fractal export as an MLflow LoggedModel (listed in the Models view) whose source is its
+    pretrain run ``run_id``. The weights stay where the detect stage fetches them, the run's
+    ``backbone`` artifact (``weights`` tag): not stored twice (the study's WRN50 export is ~270 MB)."""
+    model = mlflow.initialize_logged_model(
+        name=f"fractal-{arch.split('.')[0]}", source_run_id=run_id, model_type="timm backbone",
+        tags={**tags, "weights": f"runs:/{run_id}/backbone" if logged_export else "not logged (pretrain.log_export=false)"})
+    mlflow.finalize_logged_model(model.model_id, "READY")
+    return model.model_id
+
+
+def backbone_model_id(pretrain_run_id: str | None) -> str | None:
+    """The LoggedModel a pretrain run logged (None for runs made before models were logged)."""
+    if not pretrain_run_id:
+        return None
+    try:
+        experiment_id = mlflow.get_run(pretrain_run_id).info.experiment_id
+    except mlflow.exceptions.MlflowException:  # a run of another store
+        return None
+    models = mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list",
+                                         filter_string=f"source_run_id = '{pretrain_run_id}'")
+    return models[0].model_id if models else None
