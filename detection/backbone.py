@@ -60,9 +60,20 @@ def load_export_config(export_dir: Path, arch: str) -> dict:
 
 def _export_backbone(source: str, arch: str, export_dir: Path, normalization: str) -> Backbone:
     pcfg = load_export_config(export_dir, arch).get("pretrained_cfg", {})
+    missing = [key for key in ("mean", "std") if key not in pcfg]
+    if normalization == "trained" and missing:
+        # not ImageNet's statistics in their place: the arm would be normalised by another rule than
+        # the one its config and tags name, and nothing would show it
+        raise BackboneError(
+            f"backbone.normalization=trained, but the export {export_dir} does not record the input "
+            f"{' and '.join(missing)} its weights were trained with (config.json has no "
+            f"pretrained_cfg.{missing[0]}). Re-export the backbone with them (the pretrain stage does; "
+            f"by hand: timm.models.save_for_hf(model, dir, model_config={{'pretrained_cfg': "
+            f"{{'mean': [...], 'std': [...]}}}})), or set backbone.normalization=imagenet to normalise "
+            f"with ImageNet's statistics.")
     # ImageNet weights get the statistics of their own ImageNet training whichever rule is set: for
     # TF-trained weights (tf_efficientnet_lite0) "ImageNet normalisation" is mean = std = 0.5
-    trained = (normalization == "trained" or source == "imagenet") and "mean" in pcfg
+    trained = (normalization == "trained" or source == "imagenet") and not missing
     mean, std = (pcfg["mean"], pcfg["std"]) if trained else (IMAGENET_MEAN, IMAGENET_STD)
     origin = str(export_dir.resolve()) + (f" ({pcfg['origin_url']})" if pcfg.get("origin_url") else "")
     return Backbone(source, arch, f"local-dir:{export_dir.resolve()}", True, tuple(mean), tuple(std), origin)

@@ -112,16 +112,38 @@ class FractalClassifier(_Optimised):
         self.log(f"{split}_{self.metric_name}", metric, prog_bar=True, on_step=on_step, on_epoch=True)
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float,
+            gather: Callable[[torch.Tensor], torch.Tensor] | None = None, rank: int = 0) -> torch.Tensor:
     """SimCLR's NT-Xent: each embedding must pick its own pair's other view among the 2N - 1 others
     of the batch (cosine similarity / temperature, cross entropy). Written out rather than taken from
     ``lightly``: its 1.6 release needs ``pytorch_lightning``, a second copy of Lightning beside
-    ``lightning``, for these six lines."""
+    ``lightning``, for these six lines.
+
+    Data-parallel training: ``gather`` maps this process's tensor to every process's, stacked on a
+    new first dimension of size world (gradients flowing back to each process's part: Lightning's
+    ``all_gather(..., sync_grads=True)``), and ``rank`` is this process's index in it. The negatives are then the 2N - 1 others of the GLOBAL batch, as in
+    SimCLR, and the loss is this process's pairs' mean: its mean over processes is the one-process
+    loss of the whole batch, and so is the gradient (all_gather's backward sums each process's
+    contributions to every part, DDP averages over processes). Per-device negatives would make the
+    task, the loss and the learnt features depend on the number of GPUs. Every process must hold
+    the same number of pairs (the pre-training sampler pads the shards to equal length).
+    """
     z = F.normalize(torch.cat([z1, z2]), dim=1)
-    sim = z @ z.T / temperature
-    sim.fill_diagonal_(float("-inf"))  # never oneself
     n = len(z1)
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    if gather is None:
+        sim = z @ z.T / temperature
+        sim.fill_diagonal_(float("-inf"))  # never oneself
+        target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+        return F.cross_entropy(sim, target)
+    views = gather(torch.stack([z[:n], z[n:]]))  # [world, 2, n, d]
+    world = len(views)
+    everyone = views.transpose(0, 1).reshape(2 * world * n, -1)  # all first views, then all second views
+    sim = z @ everyone.T / temperature  # this process's 2n embeddings against the global 2N
+    # where this process's embeddings sit in the global order: themselves (masked), and their partners
+    first = torch.arange(n, device=z.device) + rank * n
+    own = torch.cat([first, first + world * n])
+    sim[torch.arange(2 * n, device=z.device), own] = float("-inf")
+    target = torch.cat([first + world * n, first])
     return F.cross_entropy(sim, target)
 
 
@@ -143,7 +165,9 @@ class FractalSimCLR(_Optimised):
     def step(self, batch, split: str) -> torch.Tensor:
         (x1, x2), _ = batch
         z = self.head(self.model(torch.cat([x1, x2])))
-        loss = nt_xent(*z.chunk(2), self.temperature)
+        # data-parallel: negatives from every process's batch, as in SimCLR (see nt_xent)
+        gather = (lambda t: self.all_gather(t, sync_grads=True)) if self.trainer.world_size > 1 else None
+        loss = nt_xent(*z.chunk(2), self.temperature, gather, self.global_rank)
         on_step = split == "train"
         self.log(f"{split}_loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, sync_dist=True)
         return loss

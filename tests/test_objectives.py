@@ -99,7 +99,9 @@ def test_two_views_are_independent_augmentations_of_the_same_image_and_reproduci
 
 
 def test_nt_xent_is_low_for_matching_views_and_ln_2n_minus_1_for_uninformative_ones():
-    z = torch.nn.functional.normalize(torch.randn(16, 32), dim=1)
+    # its own generator: with the global stream, 2.5% of draws put two of 16 random directions close
+    # enough for the loss to pass 0.01 (measured over 200 seeds), so the result hung on earlier tests
+    z = torch.nn.functional.normalize(torch.randn(16, 32, generator=torch.Generator().manual_seed(0)), dim=1)
     assert nt_xent(z, z, 0.1) < 0.01  # each view's partner is itself: found at once
     same = torch.ones(16, 32)  # every embedding alike: a uniform guess among 2N - 1 others
     assert nt_xent(same, same, 0.5) == pytest.approx(np.log(31), abs=1e-5)
