@@ -1,7 +1,8 @@
 """Where a number came from: the code that computed it and the files it was computed on.
 
 ``code_version()`` names the code: the package version plus the git commit of the checkout it runs
-from (``0.1.0+g<12 hex>``), with ``-dirty.<digest of the diff>`` when tracked source files have
+from that last changed the source files (``0.1.0+g<12 hex>``: a commit of docs or tests only does not
+split the runs before and after it into two arms, nor retrain a cached backbone), with ``-dirty.<digest of the diff>`` when tracked source files have
 uncommitted changes (the digest, not just "dirty", so two different uncommitted states are two
 versions and a backbone cached by one is not reused by the other), or ``0.1.0+src<digest of the
 source files>`` when the code is not a git checkout (a pip install, a CI copy). It tags every run,
@@ -64,7 +65,7 @@ def code_version() -> str:
     top = _git("rev-parse", "--show-toplevel")
     # the checkout must be this code's own (a pip install inside someone's repository is not)
     if top and Path(top.strip()).resolve() == ROOT:
-        commit = (_git("rev-parse", "HEAD") or "").strip()
+        commit = (_git("log", "-1", "--format=%H", "HEAD", "--", *SOURCES) or "").strip()
         diff = _git("diff", "HEAD", "--", *SOURCES)
         if commit and diff is not None:
             dirty = f"-dirty.{hashlib.sha256(diff.encode()).hexdigest()[:8]}" if diff else ""

@@ -47,8 +47,10 @@ def test_dataset_input_digest_follows_the_files_not_the_folder(tmp_path):
 
 def test_code_version_is_the_commit_in_git_and_a_source_digest_outside(tmp_path, monkeypatch):
     version = provenance.code_version()
-    head = subprocess.run(["git", "-C", str(provenance.ROOT), "rev-parse", "HEAD"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    # the last commit that changed the sources (not a later docs/tests-only one)
+    head = subprocess.run(["git", "-C", str(provenance.ROOT), "log", "-1", "--format=%H", "--", "pipeline", "conf",
+                           "detection", "fractals", "pretraining", "anomaly_data", "console", "run.py"],
+                          capture_output=True, text=True, check=True).stdout.strip()
     assert version.startswith(f"0.1.0+g{head[:12]}")
     # a copy of the sources outside any checkout (a pip install, a CI copy): a digest of them
     copy = tmp_path / "installed"
