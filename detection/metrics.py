@@ -28,6 +28,10 @@ class RawScorePostProcessor(PostProcessor):
     The normalisation statistics are still fitted: ``detection.plots.NormalisedVisualizer``
     uses them to draw the maps, and ``forward`` (deployment, outside ``Engine.test``) keeps
     anomalib's normalised output.
+    Checkpoints keep the thresholds and statistics (buffers) and the settings (anomalib's
+    ``checkpoint_config``), not the class: ``Engine.test(ckpt_path=...)`` on a model built with this
+    post-processor scores raw, but ``Model.load_from_checkpoint`` builds anomalib's normalising
+    default unless given ``post_processor=RawScorePostProcessor()`` (tests/test_checkpoint_reload.py).
     """
 
     def post_process_batch(self, batch) -> None:
