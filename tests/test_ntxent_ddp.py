@@ -112,6 +112,7 @@ def _simclr_step(devices: int) -> tuple[dict, float]:
     return {k: v.clone() for k, v in module.state_dict().items()}, float(trainer.callback_metrics["train_loss_step"])
 
 
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")  # one step, no validation
 def test_fractal_simclr_trained_on_two_processes_takes_the_one_process_step():
     """The module under Lightning's DDP (2 CPU processes; ddp_fork: ddp_spawn's launcher without
     re-importing everything, 5 s instead of 40): the logged loss and the weights after one step equal
