@@ -24,6 +24,8 @@ from pipeline.detect import build_from_config, detect
 # tests/test_detectors.py's miniature: 64 px, 10 training normals + 2 for validation, 5 test images
 SMALL_DATA = ["dataset.builtin.image_size=64", "dataset.builtin.n_train=12", "dataset.builtin.n_test_good=3",
               "dataset.builtin.n_test_defect=2"]
+# a reload tests the selected weights only: the callbacks that chose them are not needed again
+pytestmark = pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`, callbacks used to create")
 RANDOM = Backbone("random", "resnet18", "resnet18", False, IMAGENET_MEAN, IMAGENET_STD, "random init")
 
 
@@ -44,10 +46,12 @@ class Scores(Callback):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir):
-    """STFPM trained for one epoch by the detect stage: its config, selected checkpoint and record."""
+def trained(tmp_path_factory):
+    """STFPM trained for one epoch by the detect stage: its config, selected checkpoint and record.
+    Its own miniature (not the session's data_dir, whose built-in dataset has other sizes)."""
     out = tmp_path_factory.mktemp("stfpm")
-    cfg = compose_config(out, "detector=stfpm", "detector.max_epochs=1", *SMALL_DATA, data_dir=data_dir)
+    cfg = compose_config(out, "detector=stfpm", "detector.max_epochs=1", *SMALL_DATA,
+                         data_dir=tmp_path_factory.mktemp("data"))
     record = detect(cfg, RANDOM, out / "detect")
     (checkpoint,) = (out / "detect" / "weights").glob("best-epoch=0*.ckpt")
     return cfg, checkpoint, record

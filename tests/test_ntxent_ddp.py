@@ -4,6 +4,7 @@ the gradient on a batch split over processes are the one-process loss and gradie
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import partial
 
 import pytest
@@ -40,6 +41,19 @@ def one_process() -> tuple[float, torch.Tensor, float]:
     return loss.item(), head.weight.grad.clone(), sum(local) / WORLD
 
 
+@contextmanager
+def forkable():
+    """One intra-op thread while processes are forked: the children inherit the setting and never
+    enter the parent's OpenMP thread pool, whose threads a fork does not copy (libgomp is not
+    fork-safe: after earlier tests had used the pool, a child's first matmul waited forever)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _ddp_worker(rank: int, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
@@ -57,7 +71,9 @@ def _ddp_worker(rank: int, store: str, out: str) -> None:
 
 def test_nt_xent_over_two_processes_is_the_one_process_loss_and_gradient_of_the_whole_batch(tmp_path):
     # fork: the children start in milliseconds instead of importing torch, Lightning and timm again
-    mp.start_processes(_ddp_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, start_method="fork")
+    with forkable():
+        mp.start_processes(_ddp_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD,
+                           start_method="fork")
     loss, grad, local_negatives = one_process()
     for rank in range(WORLD):
         ddp_loss, ddp_grad = torch.load(tmp_path / f"rank{rank}.pt")
@@ -91,10 +107,12 @@ def _simclr_step(devices: int) -> tuple[dict, float]:
                         max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
     loader = torch.utils.data.DataLoader(_Pairs(), batch_size=8 // devices)  # DDP shards it by rank
-    trainer.fit(module, loader)
+    with forkable():
+        trainer.fit(module, loader)
     return {k: v.clone() for k, v in module.state_dict().items()}, float(trainer.callback_metrics["train_loss_step"])
 
 
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")  # one step, no validation
 def test_fractal_simclr_trained_on_two_processes_takes_the_one_process_step():
     """The module under Lightning's DDP (2 CPU processes; ddp_fork: ddp_spawn's launcher without
     re-importing everything, 5 s instead of 40): the logged loss and the weights after one step equal
