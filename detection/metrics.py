@@ -50,22 +50,24 @@ def raw_auroc(**kwargs) -> AUROC:
     return AUROC(normalization=None, **kwargs)
 
 
-def study_evaluator(aupro_fpr_limit: float = 0.3, pixel: bool = True) -> Evaluator:
+def study_evaluator(aupro_fpr_limit: float = 0.3, pixel: bool = True, maps: bool = True) -> Evaluator:
     """Test: image AUROC and F1, pixel AUROC, AUPRO integrated up to ``aupro_fpr_limit`` FPR.
 
     Validation: image and pixel AUROC, for checkpoint selection. The F1 threshold itself is the
     post-processor's adaptive threshold, also fitted on the validation split. Use it with
     ``RawScorePostProcessor`` so that the threshold-free metrics see raw scores and maps.
     ``pixel=False`` (a test set without masks): the test pixel metrics are left out, not reported;
-    validation keeps them, as its synthetic anomalies always come with masks.
+    validation keeps them, as its synthetic anomalies always come with masks. ``maps=False`` (a
+    detector that scores images only, DFKDE): no pixel metric anywhere, rather than metrics that are
+    computed without ever being updated.
     """
     pixel_metrics = [
         raw_auroc(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
         AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=aupro_fpr_limit),
-    ] if pixel else []
+    ] if pixel and maps else []
     return Evaluator(val_metrics=[
         raw_auroc(fields=["pred_score", "gt_label"], prefix="val_image_"),
-        raw_auroc(fields=["anomaly_map", "gt_mask"], prefix="val_pixel_", strict=False),
+        *([raw_auroc(fields=["anomaly_map", "gt_mask"], prefix="val_pixel_", strict=False)] if maps else []),
     ], test_metrics=[
         raw_auroc(fields=["pred_score", "gt_label"], prefix="image_"),
         F1Score(fields=["pred_label", "gt_label"], prefix="image_"),

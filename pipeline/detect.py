@@ -129,7 +129,8 @@ def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path, dataset_pre
         # threshold-free metrics on raw scores; the F1 threshold and the drawn maps' scale come from validation
         return build_from_config(cfg.detector.model, backbone, pre_processor=pre_processor,
                                  post_processor=RawScorePostProcessor(), visualizer=NormalisedVisualizer(),
-                                 evaluator=study_evaluator(cfg.detector.aupro_fpr_limit, pixel=dataset_has_masks(d)))
+                                 evaluator=study_evaluator(cfg.detector.aupro_fpr_limit, pixel=dataset_has_masks(d),
+                                                           maps=cfg.detector.anomaly_maps))
 
     model = build()
     # a detector's own batch sizes (the study's CFlow and RD configs) over the dataset's
