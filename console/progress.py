@@ -121,3 +121,31 @@ class StepProgress(ProgressBar):
 
     def on_test_end(self, trainer, pl_module) -> None:
         self._finish(trainer, pl_module)
+
+
+class LoopProgress:
+    """``detect coreset 2048/20480 (10%)  0:12, ~1:48 left`` for a loop outside Lightning (PatchCore's
+    coreset selection): call it with ``(done, total)`` after each step. Plain lines as StepProgress
+    writes them (every tenth, at least every ``every_s`` seconds, and the last), a redrawn line on a
+    terminal."""
+
+    def __init__(self, label: str, every_s: float = 60.0):
+        self.label, self.every_s = label, every_s
+        self.start = self.last_line = self.last_draw = time.perf_counter()
+        self.decile = 0
+
+    def _line(self, done: int, total: int, now: float) -> str:
+        elapsed = now - self.start
+        left = f", ~{_duration(elapsed * (total - done) / done)} left" if 0 < done < total else ""
+        return f"{self.label} {done}/{total} ({100 * done / total:.0f}%)  {_duration(elapsed)}{left}"
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        decile = 10 * done // total
+        if decile > self.decile or done == total or now - self.last_line >= self.every_s:
+            self.decile, self.last_line = decile, now
+            log.info(self._line(done, total, now), extra={"progress": True})
+        if console_is_terminal() and (now - self.last_draw >= 0.2 or done == total):
+            self.last_draw = now
+            sys.stdout.write("\r" + self._line(done, total, now) + "\x1b[K" + ("\n" if done == total else ""))
+            sys.stdout.flush()
