@@ -132,15 +132,19 @@ class LoopProgress:
     def __init__(self, label: str, every_s: float = 60.0):
         self.label, self.every_s = label, every_s
         self.start = self.last_line = self.last_draw = time.perf_counter()
-        self.decile = 0
+        self.decile, self.first = 0, None
 
     def _line(self, done: int, total: int, now: float) -> str:
-        elapsed = now - self.start
-        left = f", ~{_duration(elapsed * (total - done) / done)} left" if 0 < done < total else ""
-        return f"{self.label} {done}/{total} ({100 * done / total:.0f}%)  {_duration(elapsed)}{left}"
+        # the time left from the rate since the first step (the set-up before it is not a step)
+        start, first = self.first
+        left = f", ~{_duration((now - start) * (total - done) / (done - first))} left" \
+            if first < done < total else ""
+        return f"{self.label} {done}/{total} ({100 * done / total:.0f}%)  {_duration(now - self.start)}{left}"
 
     def __call__(self, done: int, total: int) -> None:
         now = time.perf_counter()
+        if self.first is None:
+            self.first = (now, done)
         decile = 10 * done // total
         if decile > self.decile or done == total or now - self.last_line >= self.every_s:
             self.decile, self.last_line = decile, now

@@ -7,7 +7,6 @@ into a temporary MLflow SQLite store; the slow test runs the main experiment thr
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
 import sys
 
@@ -278,8 +277,7 @@ def test_main_experiment_compares_three_arms_on_one_architecture(tmp_path):
            "dataset.category=tiles", f"paths.outputs_dir={tmp_path}", "mlflow.system_metrics=false",
            "detector.log_images=0", "dataset.builtin.n_train=12", "dataset.builtin.n_test_good=3",
            "dataset.builtin.n_test_defect=2"]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (report_dir,) = tmp_path.glob("multirun/*/report")
     table = pd.read_csv(report_dir / "summary.csv")
