@@ -39,9 +39,9 @@ def anomalib_and_ours(embedding: torch.Tensor, ratio: float, seed: int):
 
 @pytest.mark.parametrize(("n", "dim", "ratio", "seed"), [
     (3000, 152, 0.1, 0),  # PatchCore's default ratio, lite0's layer widths (40 + 112)
-    (4000, 64, 0.25, 1),
+    (2000, 64, 0.15, 1),
     (2500, 200, 0.01, 2),
-    (1500, 24, 0.5, 3),
+    (1000, 24, 0.3, 3),
 ])
 def test_same_indices_and_random_draws_as_anomalib(n, dim, ratio, seed):
     x = clustered(n, dim, seed, duplicates=n // 20)
@@ -52,8 +52,8 @@ def test_same_indices_and_random_draws_as_anomalib(n, dim, ratio, seed):
 
 
 def test_same_indices_on_isotropic_features_where_little_is_pruned():
-    x = torch.randn(2000, 32, generator=torch.Generator().manual_seed(5))
-    (theirs, *_), (ours, *_) = anomalib_and_ours(x, 0.2, 5)
+    x = torch.randn(1500, 32, generator=torch.Generator().manual_seed(5))
+    (theirs, *_), (ours, *_) = anomalib_and_ours(x, 0.1, 5)
     assert ours == theirs
 
 
