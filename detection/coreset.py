@@ -28,7 +28,6 @@ computes every distance as anomalib does, in preallocated buffers.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
@@ -123,7 +122,8 @@ def _pruned(features: torch.Tensor, first: int, coreset_size: int, progress: Pro
     # absolute slack of the float64 bounds: their rounding, ~1e-16 of the coordinates' size
     slack = 1e-9 * (1.0 + float(projected.abs().max()) * projected.shape[1])
     f64, i64 = torch.float64, torch.int64
-    min_distances = torch.empty(n)  # anomalib's min_distances
+    dtype = features.dtype
+    min_distances = torch.empty(n, dtype=dtype)  # anomalib's min_distances
     nearest = torch.zeros(n, dtype=i64)  # which selected centre (its position) gave a patch its minimum
     selected = torch.empty(coreset_size, dtype=i64)
     center_coords = torch.empty(coreset_size, projected.shape[1], dtype=f64)
@@ -132,10 +132,11 @@ def _pruned(features: torch.Tensor, first: int, coreset_size: int, progress: Pro
     keep = torch.empty(n, dtype=torch.bool)
     first_pass, second_pass, exact, owners = (torch.empty(n, dtype=i64) for _ in range(4))
     coords = torch.empty(n, projected.shape[1], dtype=f64)
-    rows, distances, current = torch.empty(n, dim), torch.empty(n), torch.empty(n)
+    rows = torch.empty(n, dim, dtype=dtype)
+    distances, current = torch.empty(n, dtype=dtype), torch.empty(n, dtype=dtype)
     closer = torch.empty(n, dtype=torch.bool)
-    block = torch.empty(BLOCK, dim)
-    value = torch.empty((), dtype=features.dtype)
+    block = torch.empty(BLOCK, dim, dtype=dtype)
+    value = torch.empty((), dtype=dtype)
 
     selected[0] = first
     for i in range(1, coreset_size):

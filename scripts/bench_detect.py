@@ -40,8 +40,9 @@ def folder_dataset(data: Path, images: int, size: int, test_good: int, test_defe
     folder = data / f"folder-{images}-{size}-{test_good}-{test_defect}"
     if (folder / "complete").exists():
         return folder
-    weave = make_builtin_dataset(data / f"builtin-{images}-{size}-{test_good}-{test_defect}", seed=0, image_size=size,
-                                 n_train=images, n_test_good=test_good, n_test_defect=test_defect) / "weave"
+    weave = make_builtin_dataset(data / f"builtin-{images}-{size}-{test_good}-{test_defect}", seed=0,
+                                 image_size=size, n_train=images, n_test_good=test_good,
+                                 n_test_defect=test_defect) / "weave"
     shutil.rmtree(folder, ignore_errors=True)
     for sub in ("good", "good_test", "defect", "masks"):
         (folder / sub).mkdir(parents=True)
@@ -106,7 +107,8 @@ def compare_samplers(folder: Path, images: int, size: int) -> dict:
     model = build_detector(Patchcore, {"layers": ["layer2", "layer3"], "coreset_sampling_ratio": 0.1}, backbone).model
     paths = sorted((folder / "good").glob("*.png"))[:images]
     x = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB").resize((size, size)))) for p in paths])
-    x = (x.permute(0, 3, 1, 2).float() / 255 - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    x = (x.permute(0, 3, 1, 2).float() / 255 - mean) / std
     model.train()
     with torch.no_grad():
         embedding = torch.vstack([model(x[i:i + 16]) for i in range(0, len(x), 16)])
