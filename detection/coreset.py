@@ -61,7 +61,16 @@ def k_center_greedy(embedding: torch.Tensor, sampling_ratio: float, progress: Pr
     # the skip tests' margin assumes float32's rounding or finer; half precision takes the full loop
     pruned = features.device.type == "cpu" and features.dtype in (torch.float32, torch.float64)
     greedy = _pruned if pruned else _dense
-    selected = greedy(features.contiguous(), int(first), coreset_size, progress)
+    # one thread: the pruned loop's operations are small (tens of microseconds), and a second OpenMP
+    # thread costs more in fork/join than it saves; on a loaded machine a descheduled thread stalls
+    # every operation (seen: 331 iterations a minute with 2 threads under load, ~200 a second alone)
+    threads = torch.get_num_threads()
+    if pruned:
+        torch.set_num_threads(1)
+    try:
+        selected = greedy(features.contiguous(), int(first), coreset_size, progress)
+    finally:
+        torch.set_num_threads(threads)
     return selected.tolist()
 
 
