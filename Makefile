@@ -5,8 +5,6 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# see run.py: keeps anomalib's coreset selection from fragmenting the heap (tests run in-process)
-export MALLOC_MMAP_THRESHOLD_ := 1048576
 
 .PHONY: help install run test test-slow test-all bench-generator mlflow-ui clean
 

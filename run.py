@@ -17,14 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-# glibc returns large freed blocks to the OS only above this threshold; without it anomalib's
-# coreset selection fragments the heap and can grow by ~20 MB per iteration (HOUSE_STYLE.md).
-# glibc reads it at start-up, so set it and re-execute once, before anything heavy is imported.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
-
-if __name__ == "__main__" and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
-    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
-# libraries' tqdm bars (anomalib's coreset selection) write carriage-return soup into log files;
+# libraries' tqdm bars (anomalib's, e.g. its own coreset sampler) write carriage-return soup into log files;
 # tqdm reads TQDM_* once, when it is imported
 if not sys.stderr.isatty():
     os.environ.setdefault("TQDM_DISABLE", "1")

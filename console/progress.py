@@ -121,3 +121,35 @@ class StepProgress(ProgressBar):
 
     def on_test_end(self, trainer, pl_module) -> None:
         self._finish(trainer, pl_module)
+
+
+class LoopProgress:
+    """``detect coreset 2048/20480 (10%)  0:12, ~1:48 left`` for a loop outside Lightning (PatchCore's
+    coreset selection): call it with ``(done, total)`` after each step. Plain lines as StepProgress
+    writes them (every tenth, at least every ``every_s`` seconds, and the last), a redrawn line on a
+    terminal."""
+
+    def __init__(self, label: str, every_s: float = 60.0):
+        self.label, self.every_s = label, every_s
+        self.start = self.last_line = self.last_draw = time.perf_counter()
+        self.decile, self.first = 0, None
+
+    def _line(self, done: int, total: int, now: float) -> str:
+        # the time left from the rate since the first step (the set-up before it is not a step)
+        start, first = self.first
+        left = f", ~{_duration((now - start) * (total - done) / (done - first))} left" \
+            if first < done < total else ""
+        return f"{self.label} {done}/{total} ({100 * done / total:.0f}%)  {_duration(now - self.start)}{left}"
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = (now, done)
+        decile = 10 * done // total
+        if decile > self.decile or done == total or now - self.last_line >= self.every_s:
+            self.decile, self.last_line = decile, now
+            log.info(self._line(done, total, now), extra={"progress": True})
+        if console_is_terminal() and (now - self.last_draw >= 0.2 or done == total):
+            self.last_draw = now
+            sys.stdout.write("\r" + self._line(done, total, now) + "\x1b[K" + ("\n" if done == total else ""))
+            sys.stdout.flush()

@@ -70,6 +70,8 @@ def build_detector(cls: type, kwargs: dict[str, Any], backbone: Backbone, **comp
                           f"_target_: {__name__}.{cls.__name__} (conf/detector/ does).")
     if cls.__module__ == __name__:  # our adapters build the architecture's own layers too
         kwargs["arch"] = backbone.arch
+    if cls.__name__ == "Patchcore" and cls.__module__.startswith("anomalib."):
+        cls = _patchcore()  # the same model with a coreset selection that a CPU can afford
     return cls(backbone=backbone.timm_name, pre_trained=backbone.pre_trained, **kwargs, **components)
 
 
@@ -77,6 +79,34 @@ def padim_n_features(arch: str, layers: list[str]) -> int:
     total = sum(layer_channels(arch, layers))
     default = PADIM_N_FEATURES.get(arch, round(PADIM_FRACTION * total))
     return min(default, total)
+
+
+# ----------------------------------------------------------------------------------------------
+# PatchCore with detection.coreset's k-center greedy (anomalib's selection, bit for bit)
+# ----------------------------------------------------------------------------------------------
+
+
+def _patchcore():
+    from anomalib.models import Patchcore as AnomalibPatchcore
+
+    from console.progress import LoopProgress
+    from detection.coreset import k_center_greedy
+
+    class Patchcore(AnomalibPatchcore):
+        """anomalib's Patchcore; only the memory bank's coreset is selected by
+        ``detection.coreset.k_center_greedy`` (the same indices as anomalib's ``KCenterGreedy``, at a
+        fraction of its time and memory traffic on a CPU), with progress lines."""
+
+        def fit(self) -> None:
+            model = self.model
+            if not model.embedding_store:
+                raise ValueError("Embedding store is empty. Cannot perform coreset selection.")
+            bank = torch.vstack(model.embedding_store)
+            model.embedding_store.clear()
+            selected = k_center_greedy(bank, self.coreset_sampling_ratio, LoopProgress("detect coreset"))
+            model.memory_bank = bank[selected]
+
+    return Patchcore
 
 
 # ----------------------------------------------------------------------------------------------

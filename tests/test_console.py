@@ -4,7 +4,6 @@ noise goes to the run's log file."""
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 
@@ -54,8 +53,7 @@ def test_progress_writes_a_plain_line_per_tenth_of_the_work_with_loss_and_throug
 
 
 def run_py(*args: str, cwd) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=900)  # pipes: not a terminal
 
 

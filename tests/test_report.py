@@ -8,7 +8,6 @@ The seed is the unit of every interval and test; categories are averaged within 
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
 import sys
 
@@ -367,8 +366,7 @@ def test_main_experiment_compares_three_arms_on_one_architecture(tmp_path):
            "dataset.category=tiles", f"paths.outputs_dir={tmp_path}", "mlflow.system_metrics=false",
            "detector.log_images=0", "dataset.builtin.n_train=12", "dataset.builtin.n_test_good=3",
            "dataset.builtin.n_test_defect=2"]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (report_dir,) = tmp_path.glob("multirun/*/report")
     table = pd.read_csv(report_dir / "summary.csv")
