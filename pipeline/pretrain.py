@@ -145,8 +145,8 @@ def pretrain(cfg: DictConfig, bank: SystemBank, out_dir: str | Path, bank_path: 
     channels_last = p.get("memory_format", "contiguous") == "channels_last"
     if channels_last:
         # oneDNN's (CPU) and cuDNN's fastest convolutions take NHWC: on 2 CPU cores 331-363 img/s
-        # vs 96-193 for the main job's model. The conv kernels differ, so the weights differ in the
-        # last bits from a contiguous run (scripts/bench_pretrain.py; README, speed)
+        # vs 96-193 for the main job's model (issue 23). The kernels round differently, so the
+        # weights are not those of a contiguous run (conf/pretrain/default.yaml)
         module = module.to(memory_format=torch.channels_last)
     start, cpu = time.perf_counter(), time.process_time()
     trainer.fit(module, datamodule=data, ckpt_path=resume_checkpoint(p, ckpt_dir))

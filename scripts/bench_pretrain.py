@@ -46,6 +46,9 @@ MALLOC = {
     # the project's former setting for every process (run.py, Makefile): each temporary above 1 MB
     # is a fresh mmap whose pages fault in one by one
     "mmap1m": {"MALLOC_MMAP_THRESHOLD_": "1048576"},
+    # a fixed threshold at glibc's own dynamic ceiling (32 MB) and a heap top that is not trimmed
+    # back under 256 MB: what glibc's dynamic threshold drifts towards, from the first step on
+    "large": {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "268435456"},
 }
 MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX")
 
