@@ -51,6 +51,24 @@ def test_torch_renderer_feeds_training_whole_batches_on_the_device(tiny_config, 
     assert grid.size == (8 * 24, 24)
 
 
+def test_channels_last_training_exports_the_trained_weights_as_plain_tensors(tiny_config, tmp_path):
+    import timm
+
+    cfg = tiny_config("pretrain.memory_format=channels_last", "pretrain.max_steps=2",
+                      "pretrain.checkpoint_every_n_steps=2")
+    record = pretrain(cfg, generate(cfg, tmp_path / "fractals").bank, tmp_path / "pretrain")
+    trained = {k.removeprefix("model."): v for k, v in torch.load(
+        tmp_path / "pretrain/checkpoints/last.ckpt", weights_only=True, map_location="cpu")["state_dict"].items()
+        if k.startswith("model.")}
+    convs = [v for v in trained.values() if v.ndim == 4]
+    # training ran in NHWC: the checkpoint keeps the strides it trained with
+    assert convs and all(v.is_contiguous(memory_format=torch.channels_last) and not v.is_contiguous() for v in convs
+                         if v.shape[1] > 1 and v.shape[2:] != (1, 1))
+    loaded = timm.create_model(f"local-dir:{record.export_dir}", pretrained=True).state_dict()
+    assert loaded.keys() == trained.keys()
+    assert all(torch.equal(loaded[k], trained[k]) for k in trained)  # the trained bits, in timm's plain layout
+
+
 def test_global_batch_is_split_over_processes_and_must_divide():
     from omegaconf import OmegaConf
 
@@ -60,6 +78,9 @@ def test_global_batch_is_split_over_processes_and_must_divide():
     assert check_pretrain_config(p, world=4) == 16
     with pytest.raises(ValueError, match="global batch"):
         check_pretrain_config(p, world=3)
+    p.memory_format = "nhwc"
+    with pytest.raises(ValueError, match="memory_format must be contiguous or channels_last"):
+        check_pretrain_config(p, world=1)
 
 
 def test_random_crop_is_per_image_and_seeded():
