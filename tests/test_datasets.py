@@ -6,6 +6,7 @@ CPU only, no network, a few seconds: every test generates small datasets under p
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -18,6 +19,7 @@ from anomaly_data.builtin import CATEGORIES, DEFECTS, make_builtin_dataset
 from anomaly_data.datasets import DATASETS, DatasetError, validate_layout
 
 SMALL = dict(image_size=64, n_train=3, n_test_good=2, n_test_defect=2)
+N_TRAIN = inspect.signature(make_builtin_dataset).parameters["n_train"].default  # the default build's normals
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -51,7 +53,7 @@ def test_layout_and_counts(dataset):
         assert sorted(p.name for p in (c / "train").iterdir()) == ["good"]
         assert sorted(p.name for p in (c / "test").iterdir()) == sorted(["good", *DEFECTS])
         assert sorted(p.name for p in (c / "ground_truth").iterdir()) == sorted(DEFECTS)
-        assert [p.name for p in sorted((c / "train/good").iterdir())] == [f"{i:03d}.png" for i in range(32)]
+        assert [p.name for p in sorted((c / "train/good").iterdir())] == [f"{i:03d}.png" for i in range(N_TRAIN)]
         assert [p.name for p in sorted((c / "test/good").iterdir())] == [f"{i:03d}.png" for i in range(8)]
         for defect in DEFECTS:
             assert [p.name for p in sorted((c / "test" / defect).iterdir())] == [f"{i:03d}.png" for i in range(4)]
@@ -74,7 +76,7 @@ def test_same_seed_is_byte_identical_other_seed_differs(tmp_path):
 def test_normal_images_vary(dataset):
     for category in CATEGORIES:
         digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (dataset / category / "train/good").iterdir()}
-        assert len(digests) == 32
+        assert len(digests) == N_TRAIN
 
 
 def test_masks_are_exact_and_binary(dataset):
@@ -238,7 +240,7 @@ def test_builtin_datamodule_builds_its_data_in_prepare_data_and_loads_it_with_an
     datamodule.prepare_data()
     assert (dataset / "weave").stat().st_mtime_ns == stamp, "a matching build is reused, not rebuilt"
     datamodule.setup()
-    assert len(datamodule.train_data) == 32
+    assert len(datamodule.train_data) == N_TRAIN
     assert len(datamodule.test_data) == 8 + 4 * len(DEFECTS)
     n_defect = 0
     for i in range(len(datamodule.test_data)):
