@@ -20,6 +20,7 @@ import hashlib
 import importlib.metadata
 import os
 import subprocess
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -97,7 +98,11 @@ def log_dataset_inputs(name: str, root: str | Path, splits: Mapping[str, Iterabl
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    source = resolve_dataset_source(str(Path(root).resolve()))
+    with warnings.catch_warnings():
+        # mlflow registers its local-file source class twice ('... can be interpreted in multiple
+        # ways: LocalArtifactDatasetSource, LocalArtifactDatasetSource'): the same class, nothing to choose
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        source = resolve_dataset_source(str(Path(root).resolve()))
     digests = {}
     for context, files in splits.items():
         digest, count = files_digest(files, root)

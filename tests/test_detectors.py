@@ -210,6 +210,7 @@ def test_trained_detector_keeps_the_best_validation_epoch(tmp_path, data, fracta
 
     cfg = config(tmp_path, data, "stfpm", "detector.max_epochs=3", "detector.selection.patience=null")
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    mlflow.set_experiment("epochs")  # not the experiment id an earlier test left active in another store
     with mlflow.start_run() as run:
         record = detect(cfg, backbone_of("random", fractal_export), tmp_path / "detect")
     curve = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_pixel_AUROC")

@@ -19,6 +19,7 @@ from pipeline.job import run_pipeline
 def logged_inputs(uri: str, folder, name="builtin:tiles"):
     """Log the train/test inputs of ``folder``'s files in a fresh run; return {context: digest}."""
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("inputs")  # not the experiment id an earlier test left active in another store
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     with mlflow.start_run() as run:
         provenance.log_dataset_inputs(name, folder, {
