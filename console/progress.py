@@ -126,11 +126,12 @@ class StepProgress(ProgressBar):
 class LoopProgress:
     """``detect coreset 2048/20480 (10%)  0:12, ~1:48 left`` for a loop outside Lightning (PatchCore's
     coreset selection): call it with ``(done, total)`` after each step. Plain lines as StepProgress
-    writes them (every tenth, at least every ``every_s`` seconds, and the last), a redrawn line on a
-    terminal."""
+    writes them (every tenth once ``quiet_s`` seconds have passed, at least every ``every_s`` seconds,
+    and the last: a loop done within ``quiet_s``, such as the built-in data's one-second coresets,
+    prints its last line only), a redrawn line on a terminal."""
 
-    def __init__(self, label: str, every_s: float = 60.0):
-        self.label, self.every_s = label, every_s
+    def __init__(self, label: str, every_s: float = 60.0, quiet_s: float = 5.0):
+        self.label, self.every_s, self.quiet_s = label, every_s, quiet_s
         self.start = self.last_line = self.last_draw = time.perf_counter()
         self.decile, self.first = 0, None
 
@@ -146,7 +147,8 @@ class LoopProgress:
         if self.first is None:
             self.first = (now, done)
         decile = 10 * done // total
-        if decile > self.decile or done == total or now - self.last_line >= self.every_s:
+        tenth = decile > self.decile and now - self.start >= self.quiet_s
+        if tenth or done == total or now - self.last_line >= self.every_s:
             self.decile, self.last_line = decile, now
             log.info(self._line(done, total, now), extra={"progress": True})
         if console_is_terminal() and (now - self.last_draw >= 0.2 or done == total):

@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def folder_dataset(data: Path, images: int, size: int, test_good: int, test_defect: int) -> Path:

@@ -54,7 +54,6 @@ MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_P
 
 
 def compose(experiment: str | None, overrides: list[str], out: str):
-    sys.path.insert(0, str(ROOT))
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 

@@ -77,7 +77,7 @@ def test_too_small_a_ratio_is_refused_as_anomalib_refuses_it():
 def test_progress_is_reported_by_tenths_not_per_step(caplog):
     from console.progress import LoopProgress
 
-    progress = LoopProgress("detect coreset")
+    progress = LoopProgress("detect coreset", quiet_s=0.0)
     with caplog.at_level(logging.INFO, logger="fractal_ad"):
         for i in range(1, 1001):
             progress(i, 1000)
@@ -85,6 +85,12 @@ def test_progress_is_reported_by_tenths_not_per_step(caplog):
     assert len(lines) == 10, lines
     assert lines[0].startswith("detect coreset 100/1000 (10%)")
     assert lines[-1].startswith("detect coreset 1000/1000 (100%)")
+    caplog.clear()
+    quick = LoopProgress("detect coreset")  # done well within its default quiet_s: the last line only
+    with caplog.at_level(logging.INFO, logger="fractal_ad"):
+        for i in range(1, 1001):
+            quick(i, 1000)
+    assert [r.getMessage()[:33] for r in caplog.records] == ["detect coreset 1000/1000 (100%)  "]
 
 
 def test_project_patchcore_builds_anomalibs_memory_bank(caplog):
