@@ -146,9 +146,10 @@ def pretrain(cfg: DictConfig, bank: SystemBank, out_dir: str | Path, bank_path: 
     module = objective_module(cfg, bank.num_classes)
     channels_last = p.get("memory_format", "contiguous") == "channels_last"
     if channels_last:
-        # oneDNN's (CPU) and cuDNN's fastest convolutions take NHWC: on 2 CPU cores 331-363 img/s
-        # vs 96-193 for the main job's model (issue 23). The kernels round differently, so the
-        # weights are not those of a contiguous run (conf/pretrain/default.yaml)
+        # oneDNN's (CPU) and cuDNN's fastest convolutions take NHWC: on 2 CPU cores the main job's
+        # bare loop ran 142 img/s vs 96 contiguous, the stage 112 vs 102 (scripts/bench_pretrain.py,
+        # README "Speed on a CPU"). The kernels round differently, so the weights are not those of
+        # a contiguous run (conf/pretrain/default.yaml)
         module = module.to(memory_format=torch.channels_last)
     start, cpu = time.perf_counter(), time.process_time()
     trainer.fit(module, datamodule=data, ckpt_path=resume_checkpoint(p, ckpt_dir))
