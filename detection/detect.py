@@ -10,7 +10,8 @@ import re
 import resource
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,18 +114,42 @@ def split_seed(seed: int) -> int:
     return int(np.random.SeedSequence([int(seed), VAL_SPLIT_STREAM]).generate_state(1)[0]) or 1
 
 
+def around_val_split(datamodule, context: Callable[[], AbstractContextManager]) -> None:
+    """Make ``datamodule`` create its validation split inside ``context()`` (entered anew each time
+    the split is made). The one place that wraps anomalib's private ``_create_val_split``: the
+    adapters below each add one context, the last added outermost."""
+    create_val_split = datamodule._create_val_split
+
+    def create_val_split_within() -> None:
+        with context():
+            create_val_split()
+
+    datamodule._create_val_split = create_val_split_within
+
+
+@contextmanager
+def _replaced(owner, name: str, value) -> Iterator[None]:
+    """``owner.name`` is ``value`` inside the block, its own value again after it, whatever happens."""
+    default = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, default)
+
+
 def keep_all_normals(datamodule) -> None:
     """Keep the whole training set as ``datamodule.all_normals`` when the validation split is carved
     out of it, for the fit on every training normal (training-free detectors; see ``fit_and_test``).
     The split itself is anomalib's: ``datamodule.train_data`` is the training normals minus the
     validation normals."""
-    create_val_split = datamodule._create_val_split
 
-    def create_val_split_keeping_all() -> None:
+    @contextmanager
+    def keeping_all() -> Iterator[None]:
         datamodule.all_normals = datamodule.train_data
-        create_val_split()
+        yield
 
-    datamodule._create_val_split = create_val_split_keeping_all
+    around_val_split(datamodule, keeping_all)
 
 
 def paired_validation(datamodule) -> None:
@@ -137,21 +162,31 @@ def paired_validation(datamodule) -> None:
     anomaly's, not the image's)."""
     from anomalib.data.utils import synthetic
 
-    create_val_split, default = datamodule._create_val_split, synthetic.make_synthetic_dataset
+    default = synthetic.make_synthetic_dataset
 
     def paired(source_samples, image_dir, mask_dir, anomalous_ratio=0.5):
         normals = source_samples.filter(["image_path", "label", "label_index", "mask_path", "split"])
         anomalies = default(source_samples, image_dir, mask_dir, 1.0)
         return pd.concat([normals, anomalies], ignore_index=True)
 
-    def create_paired_val_split() -> None:
-        synthetic.make_synthetic_dataset = paired
-        try:
-            create_val_split()
-        finally:
-            synthetic.make_synthetic_dataset = default
+    around_val_split(datamodule, lambda: _replaced(synthetic, "make_synthetic_dataset", paired))
 
-    datamodule._create_val_split = create_paired_val_split
+
+@contextmanager
+def _own_streams(seed: int | None) -> Iterator[None]:
+    """Inside the block the python, numpy and torch (CPU) streams start from ``seed`` (as they are,
+    if None); after it they are what they were before it."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                random.seed(seed)
+                np.random.seed(seed % 2**32)
+                torch.manual_seed(seed)
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def validation_draws_apart(datamodule) -> None:
@@ -165,22 +200,7 @@ def validation_draws_apart(datamodule) -> None:
     by up to 0.03.) anomalib seeds only the choice of validation normals; which of them become
     anomalies (pandas ``sample``) and the anomalies (Perlin masks, textures) draw from the global
     streams."""
-    create_val_split = datamodule._create_val_split
-
-    def create_val_split_apart() -> None:
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                if datamodule.seed is not None:
-                    random.seed(datamodule.seed)
-                    np.random.seed(datamodule.seed % 2**32)
-                    torch.manual_seed(datamodule.seed)
-                create_val_split()
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
-
-    datamodule._create_val_split = create_val_split_apart
+    around_val_split(datamodule, lambda: _own_streams(datamodule.seed))
 
 
 def synthetic_anomalies_from(datamodule, textures: Path) -> None:
@@ -195,21 +215,12 @@ def synthetic_anomalies_from(datamodule, textures: Path) -> None:
     """
     from anomalib.data.utils import synthetic
 
-    create_val_split, default = datamodule._create_val_split, synthetic.PerlinAnomalyGenerator
-
-    class FromTextures(default):
+    class FromTextures(synthetic.PerlinAnomalyGenerator):
         def __init__(self, *args, anomaly_source_path=None, **kwargs):
             super().__init__(*args, anomaly_source_path=textures, **kwargs)
             self.anomaly_source_paths.sort()
 
-    def create_val_split_from_textures() -> None:
-        synthetic.PerlinAnomalyGenerator = FromTextures
-        try:
-            create_val_split()
-        finally:
-            synthetic.PerlinAnomalyGenerator = default
-
-    datamodule._create_val_split = create_val_split_from_textures
+    around_val_split(datamodule, lambda: _replaced(synthetic, "PerlinAnomalyGenerator", FromTextures))
 
 
 @dataclass(frozen=True)

@@ -34,12 +34,18 @@ def fetch_mlflow_export(run_id: str, dst: Path) -> Path:
                             f"(pretrain.log_export=true).") from err
 
 
+def upstream_run_id(weights) -> str | None:
+    """The pretrain run of ``backbone.weights=runs:/<run id>[/...]``; None for other weights."""
+    weights = str(weights or "")
+    return weights.removeprefix("runs:/").split("/")[0] if weights.startswith("runs:/") else None
+
+
 def resolve_backbone(b: DictConfig, fractal_export: Path | None, work_dir: Path) -> Backbone:
     """The ``backbone`` group -> what the detector needs. ``fractal_export`` is the export of this
     call's pretrain stage, if it ran; ``backbone.weights=runs:/<id>`` fetches a pretrain run's export."""
     weights = b.get("weights")
-    if weights and str(weights).startswith("runs:/"):
-        weights = fetch_mlflow_export(str(weights).removeprefix("runs:/").split("/")[0], work_dir / "upstream")
+    if run_id := upstream_run_id(weights):
+        weights = fetch_mlflow_export(run_id, work_dir / "upstream")
     if b.source == "fractal" and not weights:
         weights = fractal_export
     return resolve(b.source, b.arch, b.normalization, weights, allow_download=bool(b.get("allow_download")),

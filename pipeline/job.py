@@ -24,7 +24,7 @@ from pipeline.config import (
     seed_stage,
     source_label,
 )
-from pipeline.detect import detect, prepare_dataset, resolve_backbone
+from pipeline.detect import detect, prepare_dataset, resolve_backbone, upstream_run_id
 from pipeline.generate import generate
 from pipeline.pretrain import check_objective_config, pretrain
 from pipeline.provenance import backbone_model_id, code_version
@@ -82,9 +82,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
             export_dir, pretrain_run_id = shared_fractal_backbone(cfg, train) if reuse else train()
         if "detect" in cfg.stages:
             # detect seeds itself right before building the detector (pipeline/detect.py)
-            weights = str(cfg.backbone.get("weights") or "")
-            if weights.startswith("runs:/"):
-                pretrain_run_id = weights.removeprefix("runs:/").split("/")[0]
+            pretrain_run_id = upstream_run_id(cfg.backbone.get("weights")) or pretrain_run_id
             upstream = {"pretrain_run_id": pretrain_run_id} if pretrain_run_id else {}
             model_id = backbone_model_id(pretrain_run_id)  # the fractal export's LoggedModel, if any
             with tracking.stage_run("detect", cfg, groups=("backbone", "detector", "dataset", "trainer"),
