@@ -22,6 +22,10 @@ ROOT = Path(__file__).resolve().parent
 if not sys.stderr.isatty():
     os.environ.setdefault("TQDM_DISABLE", "1")
 
+from pipeline.allocator import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # before the first large tensor: freed activations are reused, not re-faulted
+
 import logging  # noqa: E402
 
 import hydra  # noqa: E402

@@ -257,8 +257,9 @@ def fit_and_test(model, datamodule, out_dir: str | Path, *, labels: dict[str, st
     ``refit`` (training-free detectors: memory bank, density): a builder of a fresh copy of ``model``
     (built and seeded the same way). ``model``, fitted without the validation normals, gives the
     validation metrics (``val_*``: recipe pick, sweeper objective, normalisation rule), which must not
-    score images the detector was fitted on; then ``refit()`` is fitted on every training normal, as
-    the study does, for the test metrics (its F1 threshold from the same validation split).
+    score images the detector was fitted on; ``refit()``, fitted on every training normal as the
+    study does, gives the test metrics (its F1 threshold from the same validation split). The refit
+    is fitted first, so that PatchCore's two coreset selections run side by side (one thread each).
     Detectors that train hold the validation normals out anyway (one model, no ``refit``).
 
     ``labels`` (dataset, category, backbone, detector) head the metrics.csv row; ``dataset_root``
@@ -267,6 +268,7 @@ def fit_and_test(model, datamodule, out_dir: str | Path, *, labels: dict[str, st
     synthetic validation anomalies take their textures from (None: anomalib's default, which depends
     on the working directory)."""
     from anomalib.engine import Engine
+    from lightning.pytorch.trainer.states import TrainerFn
 
     out_dir = Path(out_dir)
     keep_all_normals(datamodule)
@@ -277,34 +279,47 @@ def fit_and_test(model, datamodule, out_dir: str | Path, *, labels: dict[str, st
     roc = RocCollector()
     callbacks = selection_callbacks(selection, out_dir)
 
-    def engine(*extra) -> Engine:  # one device: multi-GPU belongs to pre-training; sweeps spread jobs
+    def engine(*extra, validate_in_fit: bool = True) -> Engine:
+        # one device: multi-GPU belongs to pre-training; sweeps spread jobs
         return Engine(accelerator=accelerator, devices=1, default_root_dir=out_dir, logger=logger or False,
                       max_epochs=max_epochs, enable_model_summary=verbose,
+                      **({} if validate_in_fit else {"check_val_every_n_epoch": max_epochs + 1}),
                       callbacks=[*extra, StepProgress("detect")])
 
-    tester = engine(*callbacks, roc)
     start = time.perf_counter()
-    tester.fit(model=model, datamodule=datamodule)
-    fit_s = time.perf_counter() - start
+    datamodule.prepare_data()
+    datamodule.setup(TrainerFn.FITTING)  # the split, once (as the trainer calls it): every fit below sees the same
+    held_out = datamodule.train_data
+    if refit is not None:
+        # the tested model first: PatchCore's coreset selection runs on a thread of its own
+        # (detection.models), beside the held-out model's fit and selection, so neither fit runs a
+        # validation loop; the tested model's validation pass below sets its thresholds
+        datamodule.train_data = datamodule.all_normals  # same split, same synthetic anomalies
+        tested, tester = refit(), engine(roc, validate_in_fit=False)
+        tester.fit(model=tested, datamodule=datamodule)
+        datamodule.train_data = held_out
+    validator = engine(*callbacks, roc, validate_in_fit=refit is None)
+    validator.fit(model=model, datamodule=datamodule)
     best = callbacks[0].best_model_path if callbacks else ""
     # validation metrics of the model that is tested (the selected epoch) or, for training-free
     # detectors, of the fit without the validation normals: what sweepers may optimise
-    (validation,) = tester.validate(model=model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-    val_fit_images = len(datamodule.train_data)
+    (validation,) = validator.validate(model=model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    if refit is None:
+        tested, tester = model, validator
+    else:
+        datamodule.train_data = datamodule.all_normals
+        getattr(tested, "wait_for_memory_bank", lambda: None)()
+    fit_s = time.perf_counter() - start  # until both models are complete (the first validation included)
     if refit is not None:
-        datamodule.train_data = datamodule.all_normals  # same split, same synthetic anomalies
-        model, tester = refit(), engine(roc)
-        start = time.perf_counter()
-        tester.fit(model=model, datamodule=datamodule)
-        fit_s += time.perf_counter() - start
+        tester.validate(model=tested, datamodule=datamodule, verbose=False)  # thresholds only
     start = time.perf_counter()
-    (results,) = tester.test(model=model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    (results,) = tester.test(model=tested, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     test_s = time.perf_counter() - start
 
     val_labels = datamodule.val_data.samples.label_index
     metrics = {k: float(v) for k, v in {**validation, **results}.items()}
     metrics.update(fit_seconds=fit_s, test_seconds=test_s, fit_images=float(len(datamodule.train_data)),
-                   val_fit_images=float(val_fit_images), val_images=float(len(val_labels)), val_normals=float((val_labels == 0).sum()),
+                   val_fit_images=float(len(held_out)), val_images=float(len(val_labels)), val_normals=float((val_labels == 0).sum()),
                    val_anomalies=float((val_labels == 1).sum()),
                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if callbacks:

@@ -72,7 +72,45 @@ def build_detector(cls: type, kwargs: dict[str, Any], backbone: Backbone, **comp
         kwargs["arch"] = backbone.arch
     if cls.__name__ == "Patchcore" and cls.__module__.startswith("anomalib."):
         cls = _patchcore()  # the same model with a coreset selection that a CPU can afford
-    return cls(backbone=backbone.timm_name, pre_trained=backbone.pre_trained, **kwargs, **components)
+    model = cls(backbone=backbone.timm_name, pre_trained=backbone.pre_trained, **kwargs, **components)
+    extractor = getattr(getattr(model, "model", None), "feature_extractor", None)
+    if isinstance(extractor, nn.Module):
+        extractor.forward = Blockwise(extractor)
+    return model
+
+
+# Pixels per block of a feature extraction without gradients: 4 images of 256 px, whose activations
+# (up to ResNet-50's widths) stay under glibc's mmap threshold and are reused from one block to the
+# next (pipeline.allocator) instead of being page-faulted in afresh for every batch.
+BLOCK_PIXELS = 2**18
+
+
+class Blockwise:
+    """A module's ``forward`` over a batch in blocks of images when no gradient is recorded
+    (memory-bank and density detectors' feature extraction, every detector's scoring), the blocks'
+    outputs concatenated: each image's features are computed as in one batch, in a working set that
+    the allocator reuses. Tested: equal to the whole batch's features, and a PatchCore job gives the
+    same metrics. Set as the extractor's ``forward`` (an instance attribute, so copies of the model
+    keep it and point it at themselves)."""
+
+    def __init__(self, module: nn.Module, pixels: int = BLOCK_PIXELS) -> None:
+        self.module, self.pixels = module, pixels
+
+    def __call__(self, images: torch.Tensor, *args, **kwargs):
+        forward = type(self.module).forward.__get__(self.module)
+        size = max(1, self.pixels // (images.shape[-2] * images.shape[-1]))
+        if torch.is_grad_enabled() or images.shape[0] <= size:
+            return forward(images, *args, **kwargs)
+        return _concatenate([forward(images[i:i + size], *args, **kwargs) for i in range(0, images.shape[0], size)])
+
+
+def _concatenate(parts: list):
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(first, dict):
+        return {key: torch.cat([part[key] for part in parts]) for key in first}
+    return type(first)(torch.cat(list(tensors)) for tensors in zip(*parts))
 
 
 def padim_n_features(arch: str, layers: list[str]) -> int:
@@ -90,12 +128,16 @@ def _patchcore():
     from anomalib.models import Patchcore as AnomalibPatchcore
 
     from console.progress import LoopProgress
-    from detection.coreset import k_center_greedy
+    from detection.coreset import select_in_background
 
     class Patchcore(AnomalibPatchcore):
         """anomalib's Patchcore; only the memory bank's coreset is selected by
-        ``detection.coreset.k_center_greedy`` (the same indices as anomalib's ``KCenterGreedy``, at a
-        fraction of its time and memory traffic on a CPU), with progress lines."""
+        ``detection.coreset`` (the same indices as anomalib's ``KCenterGreedy``, at a fraction of its
+        time and memory traffic on a CPU), with progress lines, on a thread of its own:
+        ``fit`` returns once the selection has started, and the bank is filled in before the model
+        scores or is saved (``wait_for_memory_bank``), so a second model's fit runs meanwhile."""
+
+        _selection = None
 
         def fit(self) -> None:
             model = self.model
@@ -103,8 +145,30 @@ def _patchcore():
                 raise ValueError("Embedding store is empty. Cannot perform coreset selection.")
             bank = torch.vstack(model.embedding_store)
             model.embedding_store.clear()
-            selected = k_center_greedy(bank, self.coreset_sampling_ratio, LoopProgress("detect coreset"))
-            model.memory_bank = bank[selected]
+            self._selection = bank, select_in_background(bank, self.coreset_sampling_ratio,
+                                                         LoopProgress("detect coreset"))
+
+        def wait_for_memory_bank(self) -> None:
+            if self._selection is not None:
+                bank, selection = self._selection
+                self._selection = None
+                self.model.memory_bank = bank[selection.result()]
+
+        def on_validation_start(self) -> None:
+            super().on_validation_start()
+            self.wait_for_memory_bank()
+
+        def on_test_start(self) -> None:
+            super().on_test_start()
+            self.wait_for_memory_bank()
+
+        def on_predict_start(self) -> None:
+            super().on_predict_start()
+            self.wait_for_memory_bank()
+
+        def state_dict(self, *args, **kwargs):
+            self.wait_for_memory_bank()
+            return super().state_dict(*args, **kwargs)
 
     return Patchcore
 

@@ -42,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # glibc allocator settings a variant can start with (read by glibc at process start-up)
 MALLOC = {
+    # the project's own (pipeline.allocator.keep_freed_memory, set by run.py; any MALLOC_* below turns it off)
     "default": {},
     # the project's former setting for every process (run.py, Makefile): each temporary above 1 MB
     # is a fresh mmap whose pages fault in one by one

@@ -113,8 +113,70 @@ def test_project_patchcore_builds_anomalibs_memory_bank(caplog):
         torch.manual_seed(0)
         np.random.seed(0)
         with caplog.at_level(logging.INFO, logger="fractal_ad"):
-            model.fit()
-        banks.append(model.model.memory_bank)
+            model.fit()  # ours returns with the selection under way; the state waits for it
+            banks.append(model.state_dict()["model.memory_bank"])
     assert banks[0].shape == (300, 384)
     assert torch.equal(banks[0], banks[1])
     assert any(r.getMessage().startswith("detect coreset 300/300 (100%)") for r in caplog.records)
+
+
+def test_two_selections_side_by_side_are_anomalibs_and_restore_the_thread_count():
+    """Two background selections started one after the other (as PatchCore's held-out fit and refit
+    start them) each select what anomalib selects from the random state at its start, and torch's
+    thread count is back to what it was once both are done."""
+    from anomalib.models.components.sampling import KCenterGreedy
+
+    from detection.coreset import select_in_background
+
+    a, b = clustered(3000, 152, 7), clustered(2400, 152, 8)
+    threads = torch.get_num_threads()
+    torch.manual_seed(3)
+    np.random.seed(3)
+    first, second = select_in_background(a, 0.1), select_in_background(b, 0.1)
+    # the draws were made on this thread, before returning: the streams are where anomalib leaves them
+    after = torch.rand(1).item(), np.random.rand()
+    ours = first.result(), second.result()
+    torch.manual_seed(3)
+    np.random.seed(3)
+    theirs = KCenterGreedy(a, 0.1).select_coreset_idxs(), KCenterGreedy(b, 0.1).select_coreset_idxs()
+    assert ours == theirs
+    assert after == (torch.rand(1).item(), np.random.rand())
+    assert torch.get_num_threads() == threads
+
+
+def test_a_failing_selection_raises_where_its_result_is_read():
+    from detection.coreset import select_in_background
+
+    progress_calls = []
+
+    def broken(done, total):
+        progress_calls.append(done)
+        raise RuntimeError("progress sink failed")
+
+    selection = select_in_background(clustered(500, 16, 9), 0.1, broken)
+    with pytest.raises(RuntimeError, match="progress sink failed"):
+        selection.result(timeout=60)
+    assert progress_calls == [2]
+
+
+def test_a_process_that_exits_during_a_selection_exits_cleanly(tmp_path):
+    """A job that fails while its coreset is being selected ends with its own exit status, the
+    selection stopped at its next step (not torn down inside torch: no C++ terminate, no abort)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "exits.py"
+    script.write_text(
+        "import sys, time, torch\n"
+        "from detection.coreset import select_in_background\n"
+        "x = torch.randn(60000, 64, generator=torch.Generator().manual_seed(0))\n"
+        "selection = select_in_background(x, 0.5)\n"
+        "time.sleep(1.0)\n"
+        "assert not selection.done()\n"
+        "sys.exit(3)\n")
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "terminate called" not in done.stderr
