@@ -147,7 +147,7 @@ def pretrain(cfg: DictConfig, bank: SystemBank, out_dir: str | Path, bank_path: 
     channels_last = p.get("memory_format", "contiguous") == "channels_last"
     if channels_last:
         # oneDNN's (CPU) and cuDNN's fastest convolutions take NHWC: on 2 CPU cores the main job's
-        # bare loop ran 142 img/s vs 96 contiguous, the stage 112 vs 102 (scripts/bench_pretrain.py,
+        # bare loop ran 156 img/s vs 129 contiguous, the stage 147 vs 115 (scripts/bench_pretrain.py,
         # README "Speed on a CPU"). The kernels round differently, so the weights are not those of
         # a contiguous run (conf/pretrain/default.yaml)
         module = module.to(memory_format=torch.channels_last)
