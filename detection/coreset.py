@@ -16,7 +16,9 @@ where it could lower that patch's minimum; everything else is provably unchanged
   projection, so never longer than the distance itself) already exceeds ``d``; tested first in the
   ``LEAD_DIMS`` leading ones alone (cheaper, and it rules out most).
 
-Both tests use lower bounds computed in float64 and a relative margin (``MARGIN``, 1e-3) far above
+The tests run as one compiled pass over the patches (numba, ``_bound_pass``: no temporaries, no
+interpreter between them). Both use lower bounds computed in float64 and a relative margin
+(``MARGIN``, 1e-3) far above
 float32's rounding of the distances (~D x 6e-8), so a skipped patch is one whose recomputed distance
 would have come out >= its minimum, which ``torch.minimum`` would have left as it was. The patches
 that pass both tests get their distances from the same ``torch.linalg.vector_norm`` kernel over the
@@ -39,6 +41,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 
+import numba
+import numpy as np
 import torch
 
 # relative margin of the skip tests (far above float32 rounding of a 300-dim distance, ~2e-5)
@@ -178,13 +182,6 @@ def _norms(rows: torch.Tensor, center: torch.Tensor, out: torch.Tensor, block: t
         torch.linalg.vector_norm(diff, ord=2, dim=1, out=out[start:stop])
 
 
-def _nonzero(mask: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """The indices of ``mask``'s true entries, written into ``out``, a buffer kept for this: its
-    storage was sized for all entries, and resizing within it reallocates nothing."""
-    torch.nonzero(mask, out=out.resize_(0, 1))
-    return out.squeeze(1)
-
-
 def _projection(features: torch.Tensor, q: int) -> torch.Tensor:
     """``features`` in their ``q`` leading principal directions (orthonormal, float64)."""
     sample = features[:: max(1, features.shape[0] // 65536)].double()
@@ -198,7 +195,7 @@ def _projection(features: torch.Tensor, q: int) -> torch.Tensor:
 
 
 def _pruned(features: torch.Tensor, first: int, coreset_size: int, progress: Progress | None) -> torch.Tensor:
-    """The greedy selection, recomputing only the distances that the two lower bounds cannot rule out."""
+    """The greedy selection, recomputing only the distances that the lower bounds cannot rule out."""
     n, dim = features.shape
     projected = _projection(features, min(PCA_DIMS, dim))
     # absolute slack of the float64 bounds: their rounding, ~1e-16 of the coordinates' size
@@ -210,12 +207,12 @@ def _pruned(features: torch.Tensor, first: int, coreset_size: int, progress: Pro
     selected = torch.empty(coreset_size, dtype=i64)
     center_coords = torch.empty(coreset_size, projected.shape[1], dtype=f64)
     center_gaps = torch.empty(coreset_size, dtype=f64)
-    lower, bound = torch.empty(n, dtype=f64), torch.empty(n, dtype=f64)
-    keep = torch.empty(n, dtype=torch.bool)
-    first_pass, second_pass, third_pass, narrowed, exact, owners = (torch.empty(n, dtype=i64) for _ in range(6))
-    coords = torch.empty(n, projected.shape[1], dtype=f64)
+    exact, owners = torch.empty(n, dtype=i64), torch.empty(n, dtype=i64)
+    coords = torch.empty(coreset_size, projected.shape[1], dtype=f64)
     lead = projected[:, -LEAD_DIMS:].contiguous()  # eigh's order: the leading directions come last
-    lead_coords = torch.empty(n, lead.shape[1], dtype=f64)
+    # numpy views of the same memory, for the compiled pass
+    nearest_np, min_np, exact_np = nearest.numpy(), min_distances.numpy(), exact.numpy()
+    lead_np, projected_np = lead.numpy(), projected.numpy()
     rows = torch.empty(n, dim, dtype=dtype)
     distances, current = torch.empty(n, dtype=dtype), torch.empty(n, dtype=dtype)
     closer = torch.empty(n, dtype=torch.bool)
@@ -230,38 +227,13 @@ def _pruned(features: torch.Tensor, first: int, coreset_size: int, progress: Pro
         if i == 1:
             _norms(features, center, min_distances, block)
         else:
-            # 1. triangle inequality through each patch's nearest centre: |c - a| >= 2 d rules it out
+            # 1.-2. the lower bounds, in one compiled pass over the patches
             gaps = center_gaps[: i - 1]
             torch.sub(center_coords[: i - 1], projected[c], out=coords[: i - 1])
             torch.linalg.vector_norm(coords[: i - 1], ord=2, dim=1, out=gaps)
             gaps.sub_(slack)
-            torch.index_select(gaps, 0, nearest, out=lower)
-            torch.mul(min_distances, 2 * (1 + MARGIN), out=bound)
-            torch.lt(lower, bound, out=keep)
-            candidates = _nonzero(keep, first_pass)
-            m = candidates.numel()
-            # 2. the projected distance (never longer than the distance) >= d rules it out: first in
-            # the leading LEAD_DIMS principal directions (a cheap cut of most), then in all PCA_DIMS
-            torch.index_select(lead, 0, candidates, out=lead_coords[:m])
-            lead_coords[:m].sub_(lead[c])
-            torch.linalg.vector_norm(lead_coords[:m], ord=2, dim=1, out=lower[:m])
-            lower[:m].sub_(slack)
-            torch.index_select(min_distances, 0, candidates, out=current[:m])
-            torch.mul(current[:m], 1 + MARGIN, out=bound[:m])
-            torch.lt(lower[:m], bound[:m], out=keep[:m])
-            leading = _nonzero(keep[:m], second_pass)
-            m = leading.numel()
-            candidates = torch.index_select(candidates, 0, leading, out=narrowed[:m])
-            torch.index_select(projected, 0, candidates, out=coords[:m])
-            coords[:m].sub_(projected[c])
-            torch.linalg.vector_norm(coords[:m], ord=2, dim=1, out=lower[:m])
-            lower[:m].sub_(slack)
-            torch.index_select(min_distances, 0, candidates, out=current[:m])
-            torch.mul(current[:m], 1 + MARGIN, out=bound[:m])
-            torch.lt(lower[:m], bound[:m], out=keep[:m])
-            survivors = _nonzero(keep[:m], third_pass)
-            k = survivors.numel()
-            candidates = torch.index_select(candidates, 0, survivors, out=exact[:k])
+            k = _bound_pass(nearest_np, gaps.numpy(), min_np, lead_np, projected_np, c, slack, MARGIN, exact_np)
+            candidates = exact[:k]
             # 3. the exact distances of the rest, and anomalib's minimum
             torch.index_select(features, 0, candidates, out=rows[:k])
             _norms(rows[:k], center, distances[:k], block)
@@ -277,3 +249,34 @@ def _pruned(features: torch.Tensor, first: int, coreset_size: int, progress: Pro
         if progress:
             progress(i + 1, coreset_size)
     return selected
+
+
+@numba.njit(nogil=True)
+def _bound_pass(nearest, gaps, min_distances, lead, projected, c, slack, margin, out) -> int:
+    """Writes to ``out`` the patches whose distance to centre ``c`` none of the lower bounds rules
+    out, in index order, and returns their count. A patch at distance ``d`` from its nearest centre
+    is ruled out when ``|c - a| - slack >= 2 (1 + margin) d`` (``gaps`` holds ``|c - a| - slack`` per
+    centre), or when its projected distance to ``c`` less ``slack``, in the leading directions
+    (``lead``) or in all of them (``projected``), is ``>= (1 + margin) d``. One pass, no temporaries,
+    no interpreter between the tests; ``nogil``: two selections run side by side."""
+    count = 0
+    for j in range(nearest.shape[0]):
+        d = np.float64(min_distances[j])
+        if gaps[nearest[j]] >= 2.0 * (1.0 + margin) * d:
+            continue
+        bound = (1.0 + margin) * d
+        total = 0.0
+        for t in range(lead.shape[1]):
+            diff = lead[j, t] - lead[c, t]
+            total += diff * diff
+        if np.sqrt(total) - slack >= bound:
+            continue
+        total = 0.0
+        for t in range(projected.shape[1]):
+            diff = projected[j, t] - projected[c, t]
+            total += diff * diff
+        if np.sqrt(total) - slack >= bound:
+            continue
+        out[count] = j
+        count += 1
+    return count
