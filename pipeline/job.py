@@ -66,6 +66,9 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     tags = {"backbone": source_label(cfg), "arch": cfg.backbone.arch, "detector": cfg.detector.name,
             "dataset": cfg.dataset.name, "category": cfg.dataset.category, "seed": str(cfg.seed),
             "config_hash": config_hash(cfg), "pretrain_hash": pretrain_hash(cfg), "code_version": code_version(),
+            # the fractal arm's recipe by name (conf/recipe/) and budget: the budget curve's axes
+            "recipe": str(cfg.pretrain.get("recipe") or "-") if makes_fractal_weights(cfg) else "-",
+            "pretrain_steps": str(cfg.pretrain.max_steps) if makes_fractal_weights(cfg) else "-",
             **({"sweep_run_id": sweep_run_id} if sweep_run_id else {})}
 
     export_dir = pretrain_run_id = None

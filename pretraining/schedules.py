@@ -21,13 +21,16 @@ def step_decay(optimizer: torch.optim.Optimizer, total_steps: int, milestones: S
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, steps, gamma=gamma)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: float = 0,
                   warmup_lr: float = 0.0, min_lr: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up from ``warmup_lr`` over ``warmup_steps``, then cosine down to ``min_lr`` at
-    ``total_steps`` (OFDB-4AD: from 1e-6, down to 1e-5).
+    ``total_steps`` (OFDB-4AD: from 1e-6, down to 1e-5). A ``warmup_steps`` below 1 is a fraction of
+    ``total_steps`` (rounded), so one recipe warms up alike at every budget.
 
     One closed-form factor rather than ``SequentialLR(LinearLR, CosineAnnealingLR)``: torch's chained
     forms update the rate recursively and drift from the formula in the last bits."""
+    if 0 < warmup_steps < 1:
+        warmup_steps = round(warmup_steps * total_steps)
     base = optimizer.param_groups[0]["lr"]
     start, floor = warmup_lr / base, min_lr / base  # as fractions of the optimiser's lr
 
