@@ -49,6 +49,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -66,6 +67,9 @@ COLOURS = {"imagenet": "#4c72b0", "fractal": "#dd8452", "fractal-multilabel": "#
 PAIRS = [("fractal", "random"), ("fractal", "imagenet"), ("imagenet", "random")]  # a - b
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
+# a fractal arm's recipe by name and its budget in optimiser steps (tags; "-" for other sources and
+# older runs), and the pretrain run behind its weights
+BUDGET = ("recipe", "pretrain_steps", "pretrain_run_id")
 # the validation split's size, logged by the detect stage (image counts); absent in older runs
 SPLIT_SIZE = ("val_normals", "val_anomalies")
 # metrics arrive as float32 (torchmetrics): differences that tie exactly (AUROCs in ninths) differ
@@ -83,17 +87,19 @@ def collect(tracking_uri: str, experiment: str, filter_string: str = "") -> pd.D
     mlflow.set_tracking_uri(tracking_uri)
     query = " and ".join(f for f in ("tags.stage = 'detect'", filter_string) if f)
     runs = mlflow.search_runs(experiment_names=[experiment], filter_string=query)
-    columns = ["run_id", "status", "start_time", *ARM, "category", "seed", *HEADLINE, *VALIDATION, *SPLIT_SIZE]
+    columns = ["run_id", "status", "start_time", *ARM, "category", "seed", *BUDGET, "pretrain_seconds",
+               *HEADLINE, *VALIDATION, *SPLIT_SIZE]
     if runs.empty:
         rows = pd.DataFrame(columns=columns)
         rows.attrs["dropped"] = []
         return rows
     runs = runs[runs["status"] != "RUNNING"]  # still in flight: neither a result nor a failure
     rows = pd.DataFrame({"run_id": runs["run_id"], "status": runs["status"], "start_time": runs["start_time"]})
-    for tag in (*ARM, "category", "seed"):
+    for tag in (*ARM, "category", "seed", *BUDGET):
         rows[tag] = runs[f"tags.{tag}"].fillna(UNKNOWN) if f"tags.{tag}" in runs else UNKNOWN
     for metric in (*HEADLINE, *VALIDATION, *SPLIT_SIZE):
         rows[metric] = runs[f"metrics.{metric}"] if f"metrics.{metric}" in runs else np.nan
+    rows["pretrain_seconds"] = rows["pretrain_run_id"].map(_pretrain_seconds(experiment, rows["pretrain_run_id"]))
     rows, dropped = deduplicate(rows[columns])
     if dropped:
         log.warning(f"{len(dropped)} repeated arm x category x seed run(s) left out (the newest FINISHED "
@@ -101,6 +107,18 @@ def collect(tracking_uri: str, experiment: str, filter_string: str = "") -> pd.D
     rows = rows.sort_values([*ARM, "category", "seed"]).reset_index(drop=True)
     rows.attrs["dropped"] = dropped
     return rows
+
+
+def _pretrain_seconds(experiment: str, run_ids: pd.Series) -> dict[str, float]:
+    """Wall seconds of each pre-training (metric ``train_seconds`` of the pretrain runs named)."""
+    wanted = sorted(set(run_ids) - {UNKNOWN})
+    if not wanted:
+        return {}
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.stage = 'pretrain'")
+    if runs.empty or "metrics.train_seconds" not in runs:
+        return {}
+    runs = runs[runs["run_id"].isin(wanted)]
+    return dict(zip(runs["run_id"], runs["metrics.train_seconds"]))
 
 
 def deduplicate(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -172,6 +190,7 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
         record = dict(zip(ARM, arm))
         record.update(seeds=len(complete), categories=len(wanted),
                       status="ok" if not problems else "; ".join(problems))
+        record.update(_budget(runs))
         done = _finished(runs)
         done = done[done["seed"].isin(complete)]
         for metric in (*HEADLINE, *(m for m in VALIDATION if m in runs)):
@@ -186,6 +205,118 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
         record.update({f"image_AUROC:{c}": per_category.get(c, np.nan) for c in wanted})
         records.append(record)
     return pd.DataFrame.from_records(records)
+
+
+def _budget(runs: pd.DataFrame) -> dict:
+    """An arm's recipe name, budget in steps and pre-training wall minutes (median over its
+    pre-trainings, one per seed), where its runs were tagged with them."""
+    def one(column):
+        values = set(runs[column]) - {UNKNOWN} if column in runs else set()
+        return values.pop() if len(values) == 1 else UNKNOWN
+    seconds = (runs.drop_duplicates("pretrain_run_id")["pretrain_seconds"].dropna()
+               if "pretrain_seconds" in runs else pd.Series(dtype=float))
+    return {"recipe": one("recipe"), "pretrain_steps": one("pretrain_steps"),
+            "pretrain_minutes": float(seconds.median() / 60) if len(seconds) else np.nan}
+
+
+def budget_curve(table: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The budget curve's table: per detector, dataset, architecture and code version where some
+    recipe ran at two or more budgets, one row per fractal recipe x budget (steps, measured
+    pre-training minutes, seeds, validation and test AUROCs with their 95% intervals over seeds, and
+    the paired fractal - random image AUROC from ``comparisons``), then the reference arms (random
+    init, ImageNet; no budget). ``picked``: at the largest budget every recipe ran, the recipe with
+    the highest validation image AUROC averaged over the detectors (ties: validation pixel AUROC);
+    test figures choose nothing."""
+    if "recipe" not in table or "val_image_AUROC_mean" not in table:
+        return pd.DataFrame()
+    fractal = table[(table["recipe"] != UNKNOWN) & (table["pretrain_steps"] != UNKNOWN)]
+    fractal = fractal.assign(steps=pd.to_numeric(fractal["pretrain_steps"], errors="coerce"))
+    if fractal.empty or fractal.groupby("recipe")["steps"].nunique().max() < 2:
+        return pd.DataFrame()
+    key = ["detector", "dataset", "arch", "code_version"]
+    references = table[table["backbone"].isin(["random", "imagenet"]) & table.set_index(key).index.isin(
+        fractal.set_index(key).index)]
+    out = pd.concat([fractal, references.assign(steps=np.nan)], ignore_index=True)
+    out["recipe"] = out["recipe"].where(out["recipe"] != UNKNOWN, out["backbone"])
+    diff = pd.Series(np.nan, index=out.index), pd.Series(np.nan, index=out.index), pd.Series(np.nan, index=out.index)
+    if comparisons is not None and not comparisons.empty:
+        vs_random = comparisons[(comparisons["comparison"] == "fractal - random") & (comparisons["metric"] == "image_AUROC")]
+        lookup = vs_random.set_index([*key, "pretrain_hash_a"])[["mean_diff", "ci_low", "ci_high"]]
+        lookup = lookup[~lookup.index.duplicated()]  # one random-init arm per detector x dataset x arch
+        for i, r in out.iterrows():
+            k = (r.detector, r.dataset, r.arch, r.code_version, r.pretrain_hash)
+            if r.backbone == "fractal" and k in lookup.index:
+                diff[0][i], diff[1][i], diff[2][i] = lookup.loc[k].to_numpy(dtype=float)[:3]
+    out["vs_random_mean"], out["vs_random_ci_low"], out["vs_random_ci_high"] = diff
+    # the pick: at the largest budget every recipe ran, validation image AUROC over detectors
+    common = fractal.groupby("recipe")["steps"].apply(set)
+    shared = set.intersection(*common) if len(common) else set()
+    out["picked"] = False
+    if shared:
+        top = max(shared)
+        at_top = fractal[fractal["steps"] == top].groupby("recipe")[["val_image_AUROC_mean", "val_pixel_AUROC_mean"]].mean()
+        at_top = at_top.round(DECIMALS).sort_values(["val_image_AUROC_mean", "val_pixel_AUROC_mean"], ascending=False)
+        if at_top["val_image_AUROC_mean"].notna().any():
+            out.loc[(out["recipe"] == at_top.index[0]) & (out["steps"] == top), "picked"] = True
+    out = out.sort_values([*key, "steps", "recipe"], na_position="last")
+    columns = [*key, "backbone", "recipe", "steps", "pretrain_minutes", "seeds", "picked",
+               *(f"{m}_{s}" for m in (*VALIDATION, *HEADLINE) for s in ("mean", "ci_low", "ci_high") if f"{m}_mean" in out),
+               "vs_random_mean", "vs_random_ci_low", "vs_random_ci_high"]
+    return out.sort_values([*key, "backbone", "recipe", "steps"]).reindex(columns=columns).reset_index(drop=True)
+
+
+def budget_plot(curve: pd.DataFrame, path: Path) -> Path:
+    """budget.png: one row of panels per detector (validation image AUROC, test image AUROC, test
+    pixel AUROC), pre-training wall minutes on a log x axis, one line per recipe with 95% intervals
+    over seeds, random init and ImageNet as horizontal bands (mean and 95% interval)."""
+    detectors = list(dict.fromkeys(curve["detector"]))
+    metrics = [m for m in ("val_image_AUROC", "image_AUROC", "pixel_AUROC") if f"{m}_mean" in curve]
+    fig, axes = plt.subplots(len(detectors), len(metrics), figsize=(4.2 * len(metrics), 3.3 * len(detectors)),
+                             squeeze=False, sharex=True)
+    recipes = sorted(set(curve.loc[curve["backbone"] == "fractal", "recipe"]))
+    palette = dict(zip(recipes, ["#dd8452", "#c44e52", "#55a868", "#8172b3", "#937860", "#da8bc3"] * 3))
+    for row, detector in zip(axes, detectors):
+        sub = curve[curve["detector"] == detector]
+        for ax, metric in zip(row, metrics):
+            for name in ("random", "imagenet"):
+                ref = sub[sub["backbone"] == name]
+                for r in ref.itertuples():
+                    mean, low, high = (getattr(r, f"{metric}_{s}") for s in ("mean", "ci_low", "ci_high"))
+                    if np.isfinite(mean):
+                        ax.axhline(mean, color=COLOURS[name], ls="--", lw=1, label=name)
+                        if np.isfinite(low):
+                            ax.axhspan(low, high, color=COLOURS[name], alpha=0.12, lw=0)
+            for recipe in recipes:
+                line = sub[(sub["backbone"] == "fractal") & (sub["recipe"] == recipe)].sort_values("steps")
+                x = line["pretrain_minutes"].where(line["pretrain_minutes"].notna(), line["steps"])
+                mean = line[f"{metric}_mean"]
+                yerr = np.nan_to_num(np.vstack([mean - line[f"{metric}_ci_low"], line[f"{metric}_ci_high"] - mean]))
+                ax.errorbar(x, mean, yerr=yerr, marker="o", ms=4, capsize=3, color=palette[recipe], label=recipe)
+                picked = line[line["picked"]]
+                ax.scatter(picked["pretrain_minutes"], picked[f"{metric}_mean"], s=140, facecolors="none",
+                           edgecolors="black", zorder=5, label="picked (on validation)" if len(picked) else None)
+                if ax is row[0]:  # each point's budget in steps, once per row
+                    for xi, yi, steps in zip(x, mean, line["steps"]):
+                        ax.annotate(f"{steps:.0f}", (xi, yi), textcoords="offset points", xytext=(4, 4),
+                                    fontsize=7, color=palette[recipe])
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.tick_params(axis="x", which="minor", labelsize=7)
+            ax.set_title(f"{detector}: {metric}", fontsize=10)
+            ax.axhline(0.5, color="grey", lw=0.6, ls=":")
+        row[0].set_ylabel("AUROC")
+    for ax in axes[-1]:
+        ax.set_xlabel("pre-training wall minutes (log)")
+    handles = dict(zip(*reversed(axes[0][0].get_legend_handles_labels())))
+    fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5))
+    steps = sorted(set(curve["steps"].dropna().astype(int)))
+    fig.suptitle(f"fractal pre-training budget ({'/'.join(map(str, steps))} steps, labelled in the first panel); "
+                 "mean over seeds, bars and bands: 95% t-interval over seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def selection(table: pd.DataFrame, metrics: tuple[str, ...] = VALIDATION) -> pd.DataFrame:
@@ -396,6 +527,21 @@ def markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None,
               _cell(r.val_image_AUROC_mean, r.val_image_AUROC_ci_low, r.val_image_AUROC_ci_high),
               _cell(r.val_pixel_AUROC_mean, r.val_pixel_AUROC_ci_low, r.val_pixel_AUROC_ci_high),
               "yes" if r.picked else "", _num(r.image_AUROC_mean)] for r in picks.itertuples()])
+    curve = budget_curve(table, comparisons)
+    if not curve.empty:
+        metrics = [m for m in ("val_image_AUROC", "image_AUROC", "pixel_AUROC") if f"{m}_mean" in curve]
+        lines += _section(
+            "Budget curve (budget.png): each fractal recipe at each pre-training budget (optimiser steps; wall "
+            "minutes of the pre-training, median over its seeds) beside random init and ImageNet, mean over seeds "
+            "[95% CI over seeds] (budget.csv has every metric); fractal - random: paired over seeds, image AUROC. picked: at the largest budget "
+            "every recipe ran, the highest validation image AUROC averaged over the detectors; test columns "
+            "choose nothing.",
+            ["detector", "recipe", "steps", "minutes", "seeds", *metrics, "fractal - random (image)", "picked"],
+            [[r.detector, r.recipe, "-" if not np.isfinite(r.steps) else f"{r.steps:.0f}", _num(r.pretrain_minutes, 1),
+              str(r.seeds), *(_cell(getattr(r, f"{m}_mean"), getattr(r, f"{m}_ci_low"), getattr(r, f"{m}_ci_high"))
+                              for m in metrics),
+              _diff_cell(r.vs_random_mean, r.vs_random_ci_low, r.vs_random_ci_high), "yes" if r.picked else ""]
+             for r in curve.itertuples()])
     if split is not None and not split.empty:
         lines += _section(
             "Validation split per category (image counts the detect runs logged; min-max over runs where they "
@@ -424,6 +570,12 @@ def markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None,
               str(r.units), f"{r.mean_diff:+.3f}", _interval(r.ci_low, r.ci_high), _num(r.wilcoxon_p),
               _num(r.holm_p), r.reading] for r in comparisons.itertuples()])
     return "\n".join(lines)
+
+
+def _diff_cell(mean, low, high) -> str:
+    if not np.isfinite(mean):
+        return "-"
+    return f"{mean:+.3f}" + (f" [{low:+.3f}, {high:+.3f}]" if np.isfinite(low) else "")
 
 
 def _range(low, high) -> str:
@@ -521,6 +673,11 @@ def write_report(rows: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
         paths["validation_split"] = out_dir / "validation_split.csv"
         split.to_csv(paths["validation_split"], index=False)
     paths["markdown"].write_text(markdown(table, comparisons, split) + "\n")
+    curve = budget_curve(table, comparisons)
+    if not curve.empty:
+        paths["budget"] = out_dir / "budget.csv"
+        curve.to_csv(paths["budget"], index=False)
+        paths["budget_plot"] = budget_plot(curve, out_dir / "budget.png")
     paths["bars"] = bar_plot(table, out_dir / "comparison.png")
     paths["heat_map"] = heat_map(rows, out_dir / "per_category.png")
     return paths

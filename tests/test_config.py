@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 import shutil
@@ -137,3 +138,31 @@ def test_a_wrongly_typed_render_setting_fails_at_composition_naming_its_key(over
     *group, value = override.split()
     with pytest.raises(ConfigCompositionException, match=value.split("=")[0].replace(".", r"\.")):
         compose_config(tmp_path, *group, value)
+
+
+def test_budget_sweep_runs_each_grid_once_and_the_command_line_wins(tmp_path):
+    """hydra/sweeper=grids through Hydra's own sweep runner (real composition, a task that only
+    records): the fractal grid is recipes x budgets x seeds x detectors, the references run once per
+    seed and detector (not once per budget), seed=0,1 (and one category) on the command line replace
+    the experiment's values in both grids, and every job has its own number."""
+    from hydra.test_utils.test_utils import SweepTaskFunction
+
+    import run  # noqa: F401  (the project_root resolver and the renderer's schemas)
+
+    seen = []
+    sweep = SweepTaskFunction()
+    sweep.calling_file, sweep.calling_module = str(Path(CONF_DIR).parent / "run.py"), None
+    sweep.config_path, sweep.config_name = "conf", "config"
+    sweep.temp_dir = str(tmp_path / "sweep")
+    sweep.task_function = lambda cfg: seen.append(
+        (cfg.backbone.source, cfg.pretrain.recipe, cfg.pretrain.max_steps, cfg.seed, cfg.detector.name))
+    sweep.overrides = ["+experiment=budget_builtin", "seed=0,1", "dataset.category=weave", "~hydra.callbacks.sweep_tracking",
+                       "~hydra.callbacks.imagenet_weights", f"paths.outputs_dir={tmp_path}"]
+    with sweep:
+        numbers = [r.hydra_cfg.hydra.job.num for batch in sweep.returns for r in batch]
+    fractal = [s for s in seen if s[0] == "fractal"]
+    references = [(s[0], s[3], s[4]) for s in seen if s[0] != "fractal"]
+    assert sorted(fractal) == sorted(itertools.product(
+        ["fractal"], ["crop_mix", "heavy_aug", "plain"], [60, 200, 600], [0, 1], ["padim", "patchcore"]))
+    assert sorted(references) == sorted(itertools.product(["imagenet", "random"], [0, 1], ["padim", "patchcore"]))
+    assert sorted(numbers) == list(range(len(seen))) == list(range(36 + 8))

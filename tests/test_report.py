@@ -396,3 +396,51 @@ def test_validation_split_size_and_auroc_resolution_beside_the_recipe_selection(
     assert "| builtin | weave | 6 | 7-8 | 6 | 0.0238 |" in text and "| builtin | washer | 6 | 10 | 4 | 0.0250 |" in text
     assert text.index("Recipe selection") < text.index("Validation split per category")
     assert pd.read_csv(paths["validation_split"])["category"].tolist() == ["tiles", "washer", "weave"]
+
+
+def test_budget_curve_from_a_real_store_picks_on_validation_and_times_each_budget(tmp_path):
+    """Two recipes at two budgets, three seeds, two categories, random and ImageNet references, in a
+    real SQLite store with the pretrain runs behind them: the budget table has one row per recipe x
+    budget and per reference; minutes are the median of the pretrain runs' train_seconds; fractal -
+    random is the mean over seeds of the paired category means; the pick is the recipe with the
+    better validation AUROC at the largest budget although its test AUROC is worse; budget.png is
+    written."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    experiment_id = client.create_experiment("budget")
+    rng = np.random.default_rng(11)
+    base = {"detector": "padim", "dataset": "builtin", "arch": "lite0", "code_version": "c0"}
+    seconds, test, val = {}, {}, {}
+    for recipe, steps, seed in itertools.product(("crop", "plain"), (60, 200), (0, 1, 2)):
+        seconds[(recipe, steps, seed)] = steps * (1.0 if recipe == "plain" else 1.5) + seed
+        pretrain = log_run(client, experiment_id, {"stage": "pretrain"}, {"train_seconds": seconds[(recipe, steps, seed)]})
+        for category in ("a", "b"):
+            # crop: better on validation, worse on test at 200 steps
+            test[(recipe, steps, seed, category)] = 0.6 + (0.1 if recipe == "plain" else 0.05) + 0.02 * rng.standard_normal()
+            val[(recipe, steps, seed, category)] = 0.7 + (0.1 if recipe == "crop" else 0.0) + 0.02 * rng.standard_normal()
+            log_run(client, experiment_id,
+                    {**base, "backbone": "fractal", "category": category, "seed": str(seed), "recipe": recipe,
+                     "pretrain_steps": str(steps), "pretrain_run_id": pretrain, "pretrain_hash": f"{recipe}{steps}"},
+                    {"image_AUROC": test[(recipe, steps, seed, category)],
+                     "val_image_AUROC": val[(recipe, steps, seed, category)], "val_pixel_AUROC": 0.5})
+    random_auroc = {}
+    for source, seed, category in itertools.product(("random", "imagenet"), (0, 1, 2), ("a", "b")):
+        random_auroc[(source, seed, category)] = 0.55 + (0.3 if source == "imagenet" else 0) + 0.01 * seed
+        log_run(client, experiment_id, {**base, "backbone": source, "category": category, "seed": str(seed),
+                                        "pretrain_hash": source},
+                {"image_AUROC": random_auroc[(source, seed, category)], "val_image_AUROC": 0.6, "val_pixel_AUROC": 0.5})
+    paths = report.write_report(report.collect(uri, "budget"), tmp_path / "out")
+    curve = pd.read_csv(paths["budget"])
+    assert paths["budget_plot"].is_file()
+    fractal = curve[curve["backbone"] == "fractal"].set_index(["recipe", "steps"])
+    assert sorted(fractal.index) == [("crop", 60), ("crop", 200), ("plain", 60), ("plain", 200)]
+    assert set(curve.loc[curve["backbone"] != "fractal", "recipe"]) == {"random", "imagenet"}
+    assert fractal.loc[("crop", 200), "pretrain_minutes"] == pytest.approx(np.median([seconds[("crop", 200, s)] for s in range(3)]) / 60)
+    assert fractal["picked"].tolist().count(True) == 1 and fractal.loc[("crop", 200), "picked"]
+    assert fractal.loc[("crop", 200), "image_AUROC_mean"] < fractal.loc[("plain", 200), "image_AUROC_mean"]
+    per_seed = [np.mean([test[("plain", 60, s, c)] - random_auroc[("random", s, c)] for c in "ab"]) for s in range(3)]
+    assert fractal.loc[("plain", 60), "vs_random_mean"] == pytest.approx(np.mean(per_seed))
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(per_seed), scale=stats.sem(per_seed))
+    assert (fractal.loc[("plain", 60), "vs_random_ci_low"], fractal.loc[("plain", 60), "vs_random_ci_high"]) == \
+        (pytest.approx(low), pytest.approx(high))
+    assert "Budget curve" in paths["markdown"].read_text()
