@@ -360,6 +360,10 @@ def random_crop(x: torch.Tensor, size: int, generator: torch.Generator | None = 
 
 
 def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre ``size`` x ``size`` of every image; the images as they are when they are not larger
+    (as ``random_crop``: a recipe's crop on renders shrunk by ``+debug=tiny`` crops nothing)."""
+    if size >= min(x.shape[-2:]):
+        return x
     top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
     return x[..., top:top + size, left:left + size]
 
