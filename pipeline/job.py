@@ -53,7 +53,8 @@ def train_fractal_backbone(cfg: DictConfig, out_dir: Path, tags: dict) -> tuple[
 def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     """Run the configured stages under one parent MLflow run; return the detect metrics."""
     check_job(cfg)
-    if makes_fractal_weights(cfg) and "pretrain" in cfg.stages:
+    trains = makes_fractal_weights(cfg)  # generate and pretrain here, or weights from elsewhere
+    if trains and "pretrain" in cfg.stages:
         check_objective_config(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -67,8 +68,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
             "dataset": cfg.dataset.name, "category": cfg.dataset.category, "seed": str(cfg.seed),
             "config_hash": config_hash(cfg), "pretrain_hash": pretrain_hash(cfg), "code_version": code_version(),
             # the fractal arm's recipe by name (conf/recipe/) and budget: the budget curve's axes
-            "recipe": str(cfg.pretrain.get("recipe") or "-") if makes_fractal_weights(cfg) else "-",
-            "pretrain_steps": str(cfg.pretrain.max_steps) if makes_fractal_weights(cfg) else "-",
+            "recipe": str(cfg.pretrain.get("recipe") or "-") if trains else "-",
+            "pretrain_steps": str(cfg.pretrain.max_steps) if trains else "-",
             **({"sweep_run_id": sweep_run_id} if sweep_run_id else {})}
 
     export_dir = pretrain_run_id = None
@@ -79,7 +80,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
         if "detect" in cfg.stages:
             prepare_dataset(cfg.dataset)  # a wrong dataset fails here, not after a pre-training
         # fractal weights are made here unless an export was given; other backbones skip to detect
-        if makes_fractal_weights(cfg):
+        if trains:
             reuse = is_multirun() if cfg.pretrain.reuse == "auto" else cfg.pretrain.reuse
             train = lambda: train_fractal_backbone(cfg, out_dir, tags)  # noqa: E731
             export_dir, pretrain_run_id = shared_fractal_backbone(cfg, train) if reuse else train()

@@ -238,16 +238,14 @@ def budget_curve(table: pd.DataFrame, comparisons: pd.DataFrame | None = None) -
         fractal.set_index(key).index)]
     out = pd.concat([fractal, references.assign(steps=np.nan)], ignore_index=True)
     out["recipe"] = out["recipe"].where(out["recipe"] != UNKNOWN, out["backbone"])
-    diff = pd.Series(np.nan, index=out.index), pd.Series(np.nan, index=out.index), pd.Series(np.nan, index=out.index)
-    if comparisons is not None and not comparisons.empty:
-        vs_random = comparisons[(comparisons["comparison"] == "fractal - random") & (comparisons["metric"] == "image_AUROC")]
-        lookup = vs_random.set_index([*key, "pretrain_hash_a"])[["mean_diff", "ci_low", "ci_high"]]
-        lookup = lookup[~lookup.index.duplicated()]  # one random-init arm per detector x dataset x arch
-        for i, r in out.iterrows():
-            k = (r.detector, r.dataset, r.arch, r.code_version, r.pretrain_hash)
-            if r.backbone == "fractal" and k in lookup.index:
-                diff[0][i], diff[1][i], diff[2][i] = lookup.loc[k].to_numpy(dtype=float)[:3]
-    out["vs_random_mean"], out["vs_random_ci_low"], out["vs_random_ci_high"] = diff
+    vs_random = (pd.DataFrame(columns=["comparison", "metric", *key, "pretrain_hash_a", "mean_diff", "ci_low", "ci_high"])
+                 if comparisons is None or comparisons.empty else comparisons)
+    vs_random = (vs_random[(vs_random["comparison"] == "fractal - random") & (vs_random["metric"] == "image_AUROC")]
+                 .drop_duplicates([*key, "pretrain_hash_a"])  # one random-init arm per detector x dataset x arch
+                 .rename(columns={"pretrain_hash_a": "pretrain_hash", "mean_diff": "vs_random_mean",
+                                  "ci_low": "vs_random_ci_low", "ci_high": "vs_random_ci_high"}))
+    out = out.merge(vs_random[[*key, "pretrain_hash", "vs_random_mean", "vs_random_ci_low", "vs_random_ci_high"]],
+                    on=[*key, "pretrain_hash"], how="left")
     # the pick: at the largest budget every recipe ran, validation image AUROC over detectors
     common = fractal.groupby("recipe")["steps"].apply(set)
     shared = set.intersection(*common) if len(common) else set()
@@ -258,7 +256,6 @@ def budget_curve(table: pd.DataFrame, comparisons: pd.DataFrame | None = None) -
         at_top = at_top.round(DECIMALS).sort_values(["val_image_AUROC_mean", "val_pixel_AUROC_mean"], ascending=False)
         if at_top["val_image_AUROC_mean"].notna().any():
             out.loc[(out["recipe"] == at_top.index[0]) & (out["steps"] == top), "picked"] = True
-    out = out.sort_values([*key, "steps", "recipe"], na_position="last")
     columns = [*key, "backbone", "recipe", "steps", "pretrain_minutes", "seeds", "picked",
                *(f"{m}_{s}" for m in (*VALIDATION, *HEADLINE) for s in ("mean", "ci_low", "ci_high") if f"{m}_mean" in out),
                "vs_random_mean", "vs_random_ci_low", "vs_random_ci_high"]
@@ -493,10 +490,11 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
 
 
 def markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None,
-             split: pd.DataFrame | None = None) -> str:
+             split: pd.DataFrame | None = None, curve: pd.DataFrame | None = None) -> str:
     """The summary (mean [95% CI over seeds] per metric, per-category image AUROC, status), the
     recipe selection on validation (when a source has several recipes) with the validation split's
-    size (``split``, from ``validation_split``) and the paired comparisons, as Markdown with legends."""
+    size (``split``, from ``validation_split``), the budget curve (``curve``, from ``budget_curve``) and
+    the paired comparisons, as Markdown with legends."""
     categories = [c for c in table.columns if c.startswith("image_AUROC:")]
     header = ["backbone", "detector", "dataset", "arch", "pretrain", "code", "seeds", "categories",
               *(f"{m} mean [95% CI]" for m in HEADLINE), *categories, "status"]
@@ -527,8 +525,7 @@ def markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None,
               _cell(r.val_image_AUROC_mean, r.val_image_AUROC_ci_low, r.val_image_AUROC_ci_high),
               _cell(r.val_pixel_AUROC_mean, r.val_pixel_AUROC_ci_low, r.val_pixel_AUROC_ci_high),
               "yes" if r.picked else "", _num(r.image_AUROC_mean)] for r in picks.itertuples()])
-    curve = budget_curve(table, comparisons)
-    if not curve.empty:
+    if curve is not None and not curve.empty:
         metrics = [m for m in ("val_image_AUROC", "image_AUROC", "pixel_AUROC") if f"{m}_mean" in curve]
         lines += _section(
             "Budget curve (budget.png): each fractal recipe at each pre-training budget (optimiser steps; wall "
@@ -672,8 +669,8 @@ def write_report(rows: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     if not split.empty:
         paths["validation_split"] = out_dir / "validation_split.csv"
         split.to_csv(paths["validation_split"], index=False)
-    paths["markdown"].write_text(markdown(table, comparisons, split) + "\n")
     curve = budget_curve(table, comparisons)
+    paths["markdown"].write_text(markdown(table, comparisons, split, curve) + "\n")
     if not curve.empty:
         paths["budget"] = out_dir / "budget.csv"
         curve.to_csv(paths["budget"], index=False)

@@ -6,13 +6,11 @@ without entering it in ``sys.modules``, and dataclasses then cannot resolve stri
 """
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
 
 
 class GridsSweeper(BasicSweeper):
@@ -20,30 +18,26 @@ class GridsSweeper(BasicSweeper):
     swept as its cartesian product (with ``params`` and the command line's overrides, which win), and
     the jobs of all grids run in one sweep, numbered on. A budget curve needs it: the fractal recipes x
     budgets in one grid, the random-init and ImageNet references once per seed in another, instead of
-    once per budget. ``hydra/sweeper=grids``."""
+    once per budget. ``hydra/sweeper=grids``. Only the job list differs from the basic sweeper: its
+    ``sweep`` (launching, batches, multirun.yaml) runs as it is."""
 
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
                  grids: Optional[List[Any]] = None):
         super().__init__(max_batch_size, params)
         self.grids = [dict(g) for g in grids] if grids else [{}]
 
-    def sweep(self, arguments: List[str]) -> List[Any]:
+    def _parse_config(self) -> List[str]:
+        return []  # ``params`` join each grid in split_arguments
+
+    def split_arguments(self, overrides: List[Any], max_batch_size: Optional[int]) -> List[List[List[str]]]:
+        """BasicSweeper.sweep's job list, grid by grid: each grid's product with ``params`` and the
+        command line's ``overrides`` (which come last, so they win), concatenated and then batched."""
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         jobs = []
         for grid in self.grids:
-            overrides = [f"{k}={v}" for k, v in {**self.params, **grid}.items()] + list(arguments)
-            jobs += self.split_arguments(parser.parse_overrides(overrides), None)[0]
-        self.overrides = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        returns, first = [], 0
-        while not self.is_done():
-            batch = self.get_job_batch()
-            self.validate_batch_is_legal(batch)
-            returns.append(self.launcher.launch(batch, initial_job_idx=first))
-            first += len(batch)
-        return returns
+            own = parser.parse_overrides([f"{k}={v}" for k, v in {**self.params, **grid}.items()])
+            jobs += BasicSweeper.split_arguments(own + list(overrides), None)[0]
+        return list(self.split_overrides_to_chunks(jobs, max_batch_size))
 
 
 @dataclass
