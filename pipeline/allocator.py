@@ -7,7 +7,7 @@ kernel, to be faulted in again by the next batch. A CNN's activations are such b
 2 cores (AMD EPYC), tf_efficientnet_lite0's feature extraction at 256 px, batches of 32, spent 13 s
 of system time for 9 s of user time (16.6 img/s). ``keep_freed_memory`` fixes the threshold at
 glibc's ceiling and keeps freed memory for reuse: with feature extraction in blocks whose
-activations stay under the threshold (``detection.models``), 62 img/s and no page faults.
+activations stay under the threshold (``detectors.models``), 62 img/s and no page faults.
 
 Only glibc has ``mallopt``; elsewhere (macOS, musl's no-op) this does nothing. It changes no
 result: where a block lives does not change the arithmetic done in it.

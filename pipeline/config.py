@@ -13,9 +13,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from console.errors import ConfigError
-from detection.export import export_digest
-from fractals.families import MultiFormulaConfig
-from fractals.render import RenderConfig
+from fractal_pretrain.export import export_digest
+from fractal_pretrain.fractals.families import MultiFormulaConfig
+from fractal_pretrain.fractals.render import RenderConfig
 
 STAGES = ("generate", "pretrain", "detect")
 

@@ -1,5 +1,5 @@
 """Detect stage: the ``backbone``, ``detector`` and ``dataset`` groups -> an anomalib detector on the
-frozen backbone, fitted and tested on one category (detection.detect) -> metrics and files in MLflow."""
+frozen backbone, fitted and tested on one category (detectors.fit) -> metrics and files in MLflow."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import hydra
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
-from anomaly_data.datasets import validate_folder, validate_layout, validate_real_iad
-from anomaly_data.textures import write_fractal_textures
+from evaluation.datasets.layouts import validate_folder, validate_layout, validate_real_iad
+from evaluation.datasets.textures import write_fractal_textures
 from console.errors import ConfigError
 from console.logs import log
-from detection.backbone import Backbone, BackboneError
-from detection.backbone import resolve_backbone as resolve
-from detection.detect import DetectRecord, Selection, fit_and_test, input_transform, leakage_guard, split_seed
-from detection.metrics import RawScorePostProcessor, study_evaluator
-from detection.models import build_detector
-from detection.plots import NormalisedVisualizer
+from detectors.backbone import Backbone, BackboneError
+from detectors.backbone import resolve_backbone as resolve
+from detectors.fit import DetectRecord, Selection, fit_and_test, input_transform, leakage_guard, split_seed
+from evaluation.metrics import RawScorePostProcessor, study_evaluator
+from detectors.models import build_detector
+from evaluation.plots import NormalisedVisualizer
 from pipeline.config import seed_stage
 from pipeline.provenance import log_dataset_inputs, split_files
 

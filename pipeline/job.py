@@ -11,10 +11,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from console.errors import ConfigError
 from console.logs import log
-from detection.imagenet_offline import ensure_imagenet_export
-from detection.metrics import HEADLINE
+from detectors.imagenet_offline import ensure_imagenet_export
+from evaluation.metrics import HEADLINE
 from pipeline import tracking
-from pipeline.backbones import shared_fractal_backbone
+from pipeline.shared_backbone import shared_fractal_backbone
 from pipeline.config import (
     check_job,
     config_hash,

@@ -12,7 +12,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from console.errors import ConfigError
-from detection.imagenet_offline import ensure_imagenet_export
+from detectors.imagenet_offline import ensure_imagenet_export
 from pipeline.config import is_multirun, makes_fractal_weights, seed_stage
 from pipeline.generate import sample_configured_bank
 from pipeline.pretrain import pretrain

@@ -29,7 +29,7 @@ import mlflow
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "fractal-ad"
 # what decides the numbers: the packages and the configs (tests, docs and scripts do not)
-SOURCES = ("anomaly_data", "console", "detection", "fractals", "pipeline", "pretraining", "hydra_plugins", "conf", "run.py")
+SOURCES = ("fractal_pretrain", "detectors", "evaluation", "pipeline", "console", "hydra_plugins", "conf", "run.py")
 SUFFIXES = {".py", ".yaml"}
 
 

@@ -56,7 +56,7 @@ import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from console.logs import log  # noqa: E402
-from detection.metrics import HEADLINE, VALIDATION  # noqa: E402
+from evaluation.metrics import HEADLINE, VALIDATION  # noqa: E402
 
 # order matters: backbone, detector, dataset first (the table reads as "fractal | patchcore | builtin")
 ARM = ["backbone", "detector", "dataset", "arch", "pretrain_hash", "code_version"]

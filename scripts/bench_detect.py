@@ -10,7 +10,7 @@ runs ``run.py dataset=folder ... backbone=random backbone.arch=tf_efficientnet_l
 detector=patchcore stages=[detect]`` in a subprocess and prints one JSON line: wall, user and system
 seconds and peak RSS of that process, the coreset's seconds (its last progress line), image AUROC.
 ``--compare N`` also selects the coreset of the first N images' patches with anomalib's
-``KCenterGreedy`` and with ``detection.coreset``, checks the indices are equal and prints both CPU
+``KCenterGreedy`` and with ``detectors.coreset``, checks the indices are equal and prints both CPU
 times (anomalib's grows with the square of the images: iterations and the work per iteration both
 scale with them).
 """
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def folder_dataset(data: Path, images: int, size: int, test_good: int, test_defect: int) -> Path:
     """The built-in generator's weave category, laid out as a Folder dataset (copies, unique names)."""
-    from anomaly_data.builtin import DEFECTS, make_builtin_dataset
+    from evaluation.datasets.builtin import DEFECTS, make_builtin_dataset
 
     folder = data / f"folder-{images}-{size}-{test_good}-{test_defect}"
     if (folder / "complete").exists():
@@ -96,9 +96,9 @@ def compare_samplers(folder: Path, images: int, size: int) -> dict:
     from anomalib.models.components.sampling import KCenterGreedy
     from PIL import Image
 
-    from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
-    from detection.coreset import k_center_greedy
-    from detection.models import build_detector
+    from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
+    from detectors.coreset import k_center_greedy
+    from detectors.models import build_detector
 
     backbone = Backbone("random", "tf_efficientnet_lite0", "tf_efficientnet_lite0", False, IMAGENET_MEAN,
                         IMAGENET_STD, "random init")

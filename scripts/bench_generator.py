@@ -45,9 +45,9 @@ def make(name: str):
     import torch
 
     torch.set_num_threads(1)  # as in a DataLoader worker; the ofdb augmentation runs in torch
-    from fractals.ifs import sample_bank
-    from fractals.render import RenderConfig
-    from pretraining.data import make_dataset
+    from fractal_pretrain.fractals.ifs import sample_bank
+    from fractal_pretrain.fractals.render import RenderConfig
+    from fractal_pretrain.data import make_dataset
 
     family, spc, render, extra = SETTINGS[name]
     bank = sample_bank(100, spc, seed=0, meta={"family": family})
@@ -79,7 +79,7 @@ def _worker_time(args) -> float:
 
 
 def bench(name: str, n: int, repeats: int, cores: int, cache_dir: str | None) -> dict:
-    from fractals import render as R
+    from fractal_pretrain.fractals import render as R
 
     load = os.getloadavg()[0]
     _misses_before = sum(R._render_kernel.stats.cache_misses.values())
@@ -121,7 +121,7 @@ def main() -> None:
     cache_dir = None
     if args.cold:
         cache_dir = tempfile.mkdtemp(prefix="numba-cold-")
-        os.environ["NUMBA_CACHE_DIR"] = cache_dir  # before fractals.render imports numba
+        os.environ["NUMBA_CACHE_DIR"] = cache_dir  # before fractal_pretrain.fractals.render imports numba
     for name in args.only or SETTINGS:
         n = args.images if SETTINGS[name][0] == "fractals" else max(args.images // 4, 20)
         print(json.dumps(bench(name, n, args.repeats, args.cores, cache_dir)), flush=True)

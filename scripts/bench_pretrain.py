@@ -70,9 +70,9 @@ def first_batch(cfg, batch: int):
     """One batch of the training renders, as the pipeline's loader makes it (and the loader's rate)."""
     from torch.utils.data import DataLoader
 
-    from fractals.ifs import sample_bank
+    from fractal_pretrain.fractals.ifs import sample_bank
     from pipeline.generate import dataset_args
-    from pretraining.data import TRAIN, EpochSampler, make_dataset
+    from fractal_pretrain.data import TRAIN, EpochSampler, make_dataset
 
     f, p = cfg.fractal, cfg.pretrain
     bank = sample_bank(f.num_classes, f.systems_per_class, seed=cfg.seed)
@@ -96,7 +96,7 @@ def child_bare(cfg, layout: str, steps: int) -> dict:
 
     x, y, num_classes, _ = first_batch(cfg, cfg.pretrain.batch_size)
     if cfg.pretrain.crop_size:
-        from pretraining.data import random_crop
+        from fractal_pretrain.data import random_crop
         x = random_crop(x, cfg.pretrain.crop_size)
     torch.manual_seed(cfg.seed)
     model = timm.create_model(cfg.backbone.arch, pretrained=False, num_classes=num_classes)

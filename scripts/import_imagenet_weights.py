@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detection.imagenet_offline import default_export_dir, import_imagenet_weights
+from detectors.imagenet_offline import default_export_dir, import_imagenet_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,8 +97,8 @@ def main() -> int:
     print(f"export: {export}")
     top1, log_p = report("check tf_efficientnet_lite0, mean=std=0.5", classify(export))
     if args.compare:
-        from detection.backbone import IMAGENET_MEAN, IMAGENET_STD
-        from detection.imagenet_offline import imagenet_model
+        from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD
+        from detectors.imagenet_offline import imagenet_model
 
         report("compare efficientnet_lite0, ImageNet mean/std",
                classify(imagenet_model(arch="efficientnet_lite0"), IMAGENET_MEAN, IMAGENET_STD))

@@ -1,6 +1,6 @@
 """Where a job's memory comes from on a CPU: glibc kept from handing freed activations back to the
 kernel (pipeline.allocator), and feature extraction in blocks whose activations it can reuse
-(detection.models.Blockwise), each checked against what it must not change."""
+(detectors.models.Blockwise), each checked against what it must not change."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ if sys.argv[1] == "keep":
     from pipeline.allocator import keep_freed_memory
     assert keep_freed_memory()
 from anomalib.models import Patchcore
-from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
-from detection.models import build_detector
+from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from detectors.models import build_detector
 backbone = Backbone("random", "tf_efficientnet_lite0", "tf_efficientnet_lite0", False, IMAGENET_MEAN, IMAGENET_STD, "")
 extractor = build_detector(Patchcore, {"layers": ["layer2", "layer3"]}, backbone).model.feature_extractor.eval()
 x = torch.randn(16, 3, 256, 256)
@@ -53,8 +53,8 @@ def test_feature_extraction_reuses_freed_activations_instead_of_faulting_them_in
 def test_blockwise_feature_extraction_equals_the_whole_batch(detector):
     import anomalib.models
 
-    from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
-    from detection.models import Blockwise, build_detector
+    from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
+    from detectors.models import Blockwise, build_detector
 
     backbone = Backbone("random", "tf_efficientnet_lite0", "tf_efficientnet_lite0", False, IMAGENET_MEAN,
                         IMAGENET_STD, "random init")

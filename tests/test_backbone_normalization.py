@@ -10,7 +10,7 @@ import pytest
 import timm
 from conftest import runs_of
 
-from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneError, resolve_backbone
+from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneError, resolve_backbone
 from pipeline.job import run_pipeline
 
 

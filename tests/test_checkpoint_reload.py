@@ -1,7 +1,7 @@
 """A trained detector's checkpoint, reloaded, scores the test images exactly as the run reported them:
 raw, not min-max normalised and clamped. anomalib 2.7 keeps the post-processor's settings in the
 checkpoint (``checkpoint_config``) and its thresholds and statistics as buffers; the class itself is
-not kept, which is what this file pins down for ``detection.metrics.RawScorePostProcessor``."""
+not kept, which is what this file pins down for ``evaluation.metrics.RawScorePostProcessor``."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from anomalib.pre_processing import PreProcessor
 from conftest import compose_config
 from lightning.pytorch.callbacks import Callback
 
-from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
-from detection.detect import input_transform
-from detection.metrics import RawScorePostProcessor, study_evaluator
+from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from detectors.fit import input_transform
+from evaluation.metrics import RawScorePostProcessor, study_evaluator
 from pipeline.detect import build_from_config, detect
 
 # tests/test_detectors.py's miniature: 64 px, 10 training normals + 2 for validation, 5 test images

@@ -66,17 +66,17 @@ def test_detector_targets_name_the_anomalib_model_actually_built(option, tmp_pat
     backbone: then the config names the adapter, and anomalib's own class is refused."""
     from anomalib.models.components import AnomalibModule
 
-    from detection.models import _ADAPTERS, build_detector
+    from detectors.models import _ADAPTERS, build_detector
 
     cfg = compose_config(tmp_path, f"detector={option}")
     cls = hydra.utils.get_class(cfg.detector.model._target_)
     assert issubclass(cls, AnomalibModule)
     adapted = cls.__name__ in _ADAPTERS
-    assert cls.__module__ == "detection.models" if adapted else cls.__module__.startswith("anomalib.models")
+    assert cls.__module__ == "detectors.models" if adapted else cls.__module__.startswith("anomalib.models")
     if adapted:
         anomalibs = getattr(__import__("anomalib.models", fromlist=[cls.__name__]), cls.__name__)
         assert issubclass(cls, anomalibs)
-        with pytest.raises(ValueError, match=f"_target_: detection.models.{cls.__name__}"):
+        with pytest.raises(ValueError, match=f"_target_: detectors.models.{cls.__name__}"):
             build_detector(anomalibs, {}, None)
 
 
@@ -87,7 +87,7 @@ def test_tracking_uri_is_an_absolute_sqlite_path(tmp_path):
 
 @pytest.mark.parametrize("name,categories", [("study_mvtec", 15), ("study_visa", 12)])
 def test_study_grids_sweep_three_backbones_over_every_category(name, categories, tmp_path):
-    from anomaly_data.datasets import DATASETS
+    from evaluation.datasets.layouts import DATASETS
 
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=[f"+experiment={name}", "backbone=random", f"paths.output_dir={tmp_path}"],

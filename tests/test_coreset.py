@@ -1,4 +1,4 @@
-"""detection.coreset's k-center greedy against anomalib's own KCenterGreedy: the same indices, bit for
+"""detectors.coreset's k-center greedy against anomalib's own KCenterGreedy: the same indices, bit for
 bit, and the same random numbers drawn; and the project's PatchCore builds the same memory bank."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from detection.coreset import _dense, _pruned, k_center_greedy
+from detectors.coreset import _dense, _pruned, k_center_greedy
 
 
 def clustered(n: int, dim: int, seed: int, rank: int = 6, duplicates: int = 0) -> torch.Tensor:
@@ -98,8 +98,8 @@ def test_project_patchcore_builds_anomalibs_memory_bank(caplog):
     anomalib's own class on the same embeddings, and says how far the coreset has got."""
     from anomalib.models import Patchcore
 
-    from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
-    from detection.models import build_detector
+    from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
+    from detectors.models import build_detector
 
     backbone = Backbone("random", "resnet18", "resnet18", False, IMAGENET_MEAN, IMAGENET_STD, "random init")
     kwargs = {"layers": ["layer2", "layer3"], "coreset_sampling_ratio": 0.1, "num_neighbors": 9}
@@ -126,7 +126,7 @@ def test_two_selections_side_by_side_are_anomalibs_and_restore_the_thread_count(
     thread count is back to what it was once both are done."""
     from anomalib.models.components.sampling import KCenterGreedy
 
-    from detection.coreset import select_in_background
+    from detectors.coreset import select_in_background
 
     a, b = clustered(3000, 152, 7), clustered(2400, 152, 8)
     threads = torch.get_num_threads()
@@ -145,7 +145,7 @@ def test_two_selections_side_by_side_are_anomalibs_and_restore_the_thread_count(
 
 
 def test_a_failing_selection_raises_where_its_result_is_read():
-    from detection.coreset import select_in_background
+    from detectors.coreset import select_in_background
 
     progress_calls = []
 
@@ -168,7 +168,7 @@ def test_a_process_that_exits_during_a_selection_exits_cleanly(tmp_path):
     script = tmp_path / "exits.py"
     script.write_text(
         "import sys, time, torch\n"
-        "from detection.coreset import select_in_background\n"
+        "from detectors.coreset import select_in_background\n"
         "x = torch.randn(60000, 64, generator=torch.Generator().manual_seed(0))\n"
         "selection = select_in_background(x, 0.5)\n"
         "time.sleep(1.0)\n"

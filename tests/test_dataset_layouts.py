@@ -17,8 +17,8 @@ import pytest
 from conftest import compose_config
 from PIL import Image
 
-from anomaly_data.datasets import DatasetError, validate_layout
-from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from evaluation.datasets.layouts import DatasetError, validate_layout
+from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from pipeline.detect import detect
 
 SIZE = 64

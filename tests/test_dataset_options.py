@@ -17,8 +17,8 @@ from conftest import CONF_DIR, compose_config
 from miniatures import N_BAD, blank_mask, break_image, make_folder, make_mvtec_ad2, make_real_iad
 from test_dataset_layouts import N_TEST_GOOD, N_TRAIN, make_mvtec
 
-from anomaly_data.datasets import DATASETS, DatasetError, validate_layout
-from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from evaluation.datasets.layouts import DATASETS, DatasetError, validate_layout
+from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from pipeline.detect import dataset_has_masks, detect, validate_dataset
 
 PIXEL = ("pixel_AUROC", "pixel_AUPRO")
@@ -126,7 +126,7 @@ def test_folder_without_masks_reports_image_metrics_only(tmp_path, caplog):
     assert cfg.detector.name == "patchcore" and not dataset_has_masks(cfg.dataset)
     datamodule = loaded(cfg)
     assert datamodule.test_data.task == "classification" and len(datamodule.test_data) == N_TEST_GOOD + N_BAD
-    with caplog.at_level(logging.WARNING, logger="anomaly_data.datasets"):
+    with caplog.at_level(logging.WARNING, logger="evaluation.datasets.layouts"):
         record = detect(cfg, RANDOM, tmp_path / "detect")
     assert 0.0 <= record.metrics["image_AUROC"] <= 1.0 and "image_F1Score" in record.metrics
     assert not [k for k in record.metrics if k.startswith("pixel_")], record.metrics

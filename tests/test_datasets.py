@@ -1,4 +1,4 @@
-"""Built-in procedural dataset (anomaly_data.builtin) and layout validation (anomaly_data.datasets).
+"""Built-in procedural dataset (evaluation.datasets.builtin) and layout validation (evaluation.datasets.layouts).
 
 CPU only, no network, a few seconds: every test generates small datasets under pytest's tmp_path.
 """
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomaly_data.builtin import CATEGORIES, DEFECTS, make_builtin_dataset
-from anomaly_data.datasets import DATASETS, DatasetError, validate_layout
+from evaluation.datasets.builtin import CATEGORIES, DEFECTS, make_builtin_dataset
+from evaluation.datasets.layouts import DATASETS, DatasetError, validate_layout
 
 SMALL = dict(image_size=64, n_train=3, n_test_good=2, n_test_defect=2)
 N_TRAIN = inspect.signature(make_builtin_dataset).parameters["n_train"].default  # the default build's normals
@@ -39,7 +39,7 @@ def small(tmp_path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# anomaly_data.builtin
+# evaluation.datasets.builtin
 # ---------------------------------------------------------------------------------------------
 
 
@@ -94,7 +94,7 @@ def test_masks_are_exact_and_binary(dataset):
 
 def test_mask_marks_exactly_the_altered_pixels(tmp_path):
     """Regenerating the normal image a defect image started from shows the mask is pixel-exact."""
-    from anomaly_data import builtin
+    from evaluation.datasets import builtin
 
     root = make_builtin_dataset(tmp_path / "ds", seed=5, **SMALL)
     for c, category in enumerate(CATEGORIES):
@@ -111,7 +111,7 @@ def test_subtle_defects_stay_subtle_and_exact(tmp_path):
     """The subtle types alter what their docstrings say: ``misplaced`` only rearranges pixels of the
     same image, ``faint_scratch`` moves them by 10-18 grey levels, ``tint`` shifts colour at (nearly)
     constant brightness; every mask equals the altered pixels."""
-    from anomaly_data import builtin
+    from evaluation.datasets import builtin
 
     root = make_builtin_dataset(tmp_path / "ds", seed=4, **SMALL)
     for c, category in enumerate(CATEGORIES):
@@ -149,7 +149,7 @@ def test_misplaced_leaves_no_resampling_fingerprint(category):
     no more common than elsewhere in the same images (at most 1.5 times; measured 0.7-0.95 over 30
     images). The nearest-neighbour rotation it replaced left 16-29% of the defect's pixels equal to a
     neighbour against 0.1-1.4% elsewhere (12 to 280 times)."""
-    from anomaly_data import builtin
+    from evaluation.datasets import builtin
 
     c, k = CATEGORIES.index(category), 2 + DEFECTS.index("misplaced")
     inside = elsewhere = 0
@@ -166,7 +166,7 @@ def test_misplaced_leaves_no_resampling_fingerprint(category):
 
 
 def test_a_build_of_an_older_format_is_regenerated(tmp_path):
-    from anomaly_data import builtin
+    from evaluation.datasets import builtin
 
     root = make_builtin_dataset(tmp_path / "ds", seed=1, **SMALL)
     params = json.loads((root / "builtin.json").read_text())
@@ -225,9 +225,9 @@ def test_reuses_matching_folder_and_rejects_mismatch(tmp_path):
 
 
 def test_builtin_datamodule_builds_its_data_in_prepare_data_and_loads_it_with_anomalib(dataset, tmp_path):
-    """anomaly_data.datamodules.Builtin: anomalib's MVTecAD loader; prepare_data (which Lightning calls
+    """evaluation.datasets.datamodules.Builtin: anomalib's MVTecAD loader; prepare_data (which Lightning calls
     before fitting) builds the data where MVTecAD's would download, and reuses a matching build."""
-    from anomaly_data.datamodules import Builtin
+    from evaluation.datasets.datamodules import Builtin
 
     fresh = Builtin(root=tmp_path / "fresh", category="tiles", num_workers=0,
                     generation={"image_size": 64, "n_train": 4, "n_test_good": 2, "n_test_defect": 1})
@@ -260,7 +260,7 @@ def test_builtin_datamodule_builds_its_data_in_prepare_data_and_loads_it_with_an
 
 
 # ---------------------------------------------------------------------------------------------
-# anomaly_data.datasets
+# evaluation.datasets.layouts
 # ---------------------------------------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ def test_cflow_and_reverse_distillation_keep_the_studys_batches_and_stopping(tmp
     """fractal4AD's configs: CFlow batches 16/16, early stopping after 2 epochs; RD train batch 16, all
     200 epochs (no early stopping). The detect stage hands the batch sizes to the datamodule."""
     import pipeline.detect as pipeline_detect
-    from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
+    from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
 
     for name, patience in (("cflow", 2), ("reverse_distillation", None)):
         cfg = compose_config(tmp_path, "+experiment=study_mvtec", f"detector={name}")

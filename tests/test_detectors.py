@@ -20,8 +20,8 @@ import timm
 import torch
 from conftest import CONF_DIR, compose_config
 
-from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
-from detection.layers import resolve_layers
+from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from detectors.layers import resolve_layers
 from pipeline.detect import detect
 
 DETECTORS = sorted(p.stem for p in Path(CONF_DIR, "detector").glob("*.yaml"))
@@ -155,7 +155,7 @@ def test_layer_names_follow_the_backbone_family():
 
 
 def test_padim_n_features_follow_the_backbone():
-    from detection.models import padim_n_features
+    from detectors.models import padim_n_features
 
     assert padim_n_features("resnet18", ["layer1", "layer2", "layer3"]) == 100
     assert padim_n_features("wide_resnet50_2", ["layer1", "layer2", "layer3"]) == 550
@@ -180,7 +180,7 @@ def test_validation_split_comes_from_training_normals_only(tmp_path, data):
     import hydra
     from anomalib.data.utils.synthetic import SyntheticAnomalyDataset
 
-    from anomaly_data.builtin import make_builtin_dataset
+    from evaluation.datasets.builtin import make_builtin_dataset
 
     cfg = config(tmp_path, data, "patchcore")
     make_builtin_dataset(cfg.dataset.root, **cfg.dataset.builtin)
@@ -265,7 +265,7 @@ def test_threshold_free_metrics_are_computed_on_raw_maps():
     from anomalib.post_processing import PostProcessor
     from sklearn.metrics import roc_auc_score
 
-    from detection.metrics import RawScorePostProcessor, study_evaluator
+    from evaluation.metrics import RawScorePostProcessor, study_evaluator
 
     rng = np.random.default_rng(0)
     masks = np.zeros((6, 16, 16), np.int64)
@@ -313,7 +313,7 @@ def test_threshold_free_metrics_are_computed_on_raw_maps():
 
 
 def test_roc_curve_matches_known_values():
-    from detection.plots import roc_curve
+    from evaluation.plots import roc_curve
 
     fpr, tpr, auc = roc_curve(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
     assert auc == pytest.approx(0.75)
@@ -349,7 +349,7 @@ print("RESULT", json.dumps({{"maxrss_mb": resource.getrusage(resource.RUSAGE_SEL
 def test_patchcore_peak_memory_stays_under_4gb(arch, tmp_path):
     """The default built-in PatchCore run (128 px, 32 normals), random init, in its own process, with
     glibc's default allocator settings: anomalib's coreset selection grew the heap by ~20 MB per
-    iteration here (OOM at 24 GB) until an allocator setting held it; detection.coreset allocates
+    iteration here (OOM at 24 GB) until an allocator setting held it; detectors.coreset allocates
     nothing per iteration, so no setting is needed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT.format(out=str(tmp_path), arch=arch)],  # imports conftest
@@ -375,7 +375,7 @@ def test_images_and_masks_stay_aligned_through_resize_and_crop(crop):
     from omegaconf import OmegaConf
     from torchvision import tv_tensors
 
-    from detection.detect import input_transform
+    from detectors.fit import input_transform
 
     image = torch.zeros(1, 3, 100, 100)
     mask = torch.zeros(1, 100, 100, dtype=torch.bool)
@@ -398,7 +398,7 @@ def test_images_and_masks_stay_aligned_through_resize_and_crop(crop):
 
 def test_crop_larger_than_the_resize_is_refused():
 
-    from detection.detect import input_transform
+    from detectors.fit import input_transform
 
     with pytest.raises(ValueError, match="dataset.crop=300 must lie between 32 and dataset.image_size=256"):
         input_transform(256, 300, (0.5,) * 3, (0.5,) * 3)

@@ -10,10 +10,10 @@ import pytest
 from conftest import TINY, compose_config, runs_of
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from anomaly_data.datasets import DatasetError
+from evaluation.datasets.layouts import DatasetError
 from console.errors import EXIT_USER_ERROR, ConfigError, UserError
-from detection.backbone import BackboneError
-from detection.imagenet_offline import OfflineWeightsError
+from detectors.backbone import BackboneError
+from detectors.imagenet_offline import OfflineWeightsError
 from pipeline.job import run_pipeline
 from run import ROOT
 
@@ -132,7 +132,7 @@ def test_user_error_prints_one_block_and_no_traceback(tmp_path):
 def test_hydra_full_error_still_shows_the_traceback(tmp_path):
     proc = run_py(*MISSING_MVTEC, f"paths.outputs_dir={tmp_path}", cwd=tmp_path, HYDRA_FULL_ERROR="1")
     assert proc.returncode != 0
-    assert "Traceback" in proc.stderr and "anomaly_data.datasets.DatasetError: Dataset root /nonexistent" in proc.stderr
+    assert "Traceback" in proc.stderr and "evaluation.datasets.layouts.DatasetError: Dataset root /nonexistent" in proc.stderr
     assert set(runs_of(f"sqlite:///{tmp_path}/mlflow.db")["status"]) == {"FAILED"}
 
 

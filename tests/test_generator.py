@@ -21,18 +21,18 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from fractals import render as R
-from fractals.families import MultiFormulaConfig, multi_formula_layout
-from fractals.ifs import (
+from fractal_pretrain.fractals import render as R
+from fractal_pretrain.fractals.families import MultiFormulaConfig, multi_formula_layout
+from fractal_pretrain.fractals.ifs import (
     FORMAT_VERSION,
     SystemBank,
     fill_ratio,
     sample_bank,
     sample_singular_values,
 )
-from fractals.render import RenderConfig, derive_key, render, render_key
+from fractal_pretrain.fractals.render import RenderConfig, derive_key, render, render_key
 from pipeline.generate import dataset_args, generate
-from pretraining.data import (
+from fractal_pretrain.data import (
     PREVIEW,
     TRAIN,
     VAL,
@@ -344,8 +344,8 @@ def test_render_config_validates():
 def test_numba_cache_is_reused_by_a_new_process(bank, tmp_path):
     """DataLoader workers and later processes load the compiled kernel instead of compiling."""
     render_key(*bank.system(0), 1, SMALL)  # make sure this process wrote the cache
-    code = ("import numpy as np; from fractals import render as R; "
-            "from fractals.ifs import sample_bank; b = sample_bank(6, 3, seed=11); "
+    code = ("import numpy as np; from fractal_pretrain.fractals import render as R; "
+            "from fractal_pretrain.fractals.ifs import sample_bank; b = sample_bank(6, 3, seed=11); "
             "img = R.render_key(*b.system(0), 1, R.RenderConfig(size=32, n_points=4000, patch=True, blur_p=0.5)); "
             "import hashlib, json; print(json.dumps({'misses': sum(R._render_kernel.stats.cache_misses.values()), "
             "'hits': sum(R._render_kernel.stats.cache_hits.values()), 'dir': R.CACHE_DIR, "
@@ -464,10 +464,10 @@ def test_renders_match_a_separate_process(bank):
     """'Two runs': hashes from a fresh interpreter equal this process's, for every family."""
     code = """
 import hashlib, json
-from pretraining.data import make_dataset
-from fractals.ifs import sample_bank
-from fractals.families import MultiFormulaConfig
-from fractals.render import RenderConfig
+from fractal_pretrain.data import make_dataset
+from fractal_pretrain.fractals.ifs import sample_bank
+from fractal_pretrain.fractals.families import MultiFormulaConfig
+from fractal_pretrain.fractals.render import RenderConfig
 family_args = %s
 out = {}
 for family, b in [("fractals", sample_bank(6, 3, seed=11)), ("multi_formula", sample_bank(6, 3, seed=11)),

@@ -14,8 +14,8 @@ import timm
 import torch
 from conftest import compose_config
 
-from detection import imagenet_offline as offline
-from detection.backbone import IMAGENET_MEAN, IMAGENET_STD
+from detectors import imagenet_offline as offline
+from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.detect import resolve_backbone
 from pipeline.launch import ImportImagenetWeights
 

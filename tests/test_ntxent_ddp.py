@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pretraining.model import FractalSimCLR, nt_xent
+from fractal_pretrain.model import FractalSimCLR, nt_xent
 
 WORLD, PAIRS, WIDTH, TEMPERATURE = 2, 6, 16, 0.5
 

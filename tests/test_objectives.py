@@ -10,11 +10,11 @@ import timm
 import torch
 from conftest import compose_config
 
-from fractals.ifs import sample_bank
-from fractals.render import RenderConfig
+from fractal_pretrain.fractals.ifs import sample_bank
+from fractal_pretrain.fractals.render import RenderConfig
 from pipeline.job import run_pipeline
-from pretraining.data import MultiInstanceImages, TwoViews
-from pretraining.model import FractalClassifier, nt_xent
+from fractal_pretrain.data import MultiInstanceImages, TwoViews
+from fractal_pretrain.model import FractalClassifier, nt_xent
 
 DETECTORS = ("cfa", "cflow", "dfkde", "dfm", "fastflow", "padim", "patchcore", "reverse_distillation", "stfpm")
 # (classification: tests/test_pretrain.py learns a five-class problem; its export feeds test_detectors.py)
@@ -61,7 +61,7 @@ def test_every_detector_takes_the_export_of_every_objective(detector, objective,
     from anomalib.pre_processing import PreProcessor
     from torchvision.transforms.v2 import Resize
 
-    from detection.backbone import resolve_backbone
+    from detectors.backbone import resolve_backbone
     from pipeline.detect import build_from_config
 
     export = exports[objective]
@@ -86,7 +86,7 @@ def test_multi_instance_targets_name_exactly_the_classes_pasted():
 
 
 def test_two_views_are_independent_augmentations_of_the_same_image_and_reproducible():
-    from pretraining.data import FractalImages
+    from fractal_pretrain.data import FractalImages
 
     images = FractalImages(sample_bank(4, 1, seed=0), RenderConfig(size=48, n_points=3000), 0, 2)
     pairs = TwoViews(images, crop_scale=(0.3, 1.0))

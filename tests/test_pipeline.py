@@ -112,7 +112,7 @@ def test_pretrain_checkpoint_reloads_under_weights_only_and_carries_the_rng_stat
     into the checkpoint. The RNG states ride along so a resume continues the same random streams."""
     import random
 
-    from pretraining.callbacks import RngState
+    from fractal_pretrain.callbacks import RngState
 
     cfgs, _, _ = two_runs
     ckpt = torch.load(Path(cfgs[0].paths.output_dir) / "pretrain/checkpoints/last.ckpt", map_location="cpu")
@@ -133,7 +133,7 @@ def test_a_job_gives_the_same_result_alone_and_after_another_job(tmp_path, data_
     a fresh state, then again as the second job of an in-process sequence: identical scores."""
     from conftest import compose_config
 
-    from detection.layers import feature_layers
+    from detectors.layers import feature_layers
 
     def job(name: str, *overrides: str):
         cfg = compose_config(tmp_path, f"paths.output_dir={tmp_path}/{name}", "stages=[detect]", *overrides,

@@ -16,7 +16,7 @@ from conftest import TINY, compose_config, runs_of
 
 from pipeline.generate import generate
 from pipeline.pretrain import check_pretrain_config, pretrain
-from pretraining.data import random_crop
+from fractal_pretrain.data import random_crop
 from run import ROOT
 
 
@@ -162,7 +162,7 @@ def test_cosine_schedule_starts_at_warmup_lr_ends_at_min_lr_and_mixup_probabilit
 
     import hydra
 
-    from pretraining.model import FractalClassifier
+    from fractal_pretrain.model import FractalClassifier
 
     def lrs(*overrides: str):
         cfg = tiny_config("pretrain=heavy_aug", *overrides)
@@ -191,7 +191,7 @@ def test_cosine_schedule_starts_at_warmup_lr_ends_at_min_lr_and_mixup_probabilit
 def test_a_secondary_rank_samples_the_bank_rank_zero_stored(tmp_path):
     """DDP ranks > 0 sample the bank themselves (no waiting for rank 0's file): it must be the very
     bank rank 0's generate stage wrote, for every sampler."""
-    from fractals.ifs import SystemBank
+    from fractal_pretrain.fractals.ifs import SystemBank
     from pipeline.generate import sample_configured_bank
 
     for sampler in ("anderson_farrell", "fractaldb"):
@@ -219,7 +219,7 @@ def test_secondary_ranks_are_told_apart_from_rank_zero_by_the_launchers_environm
 def test_crops_larger_than_the_render_leave_it_whole_in_training_and_validation():
     """A recipe's crop (crop_mix: 64 of 96 px) on renders shrunk below it crops nothing, in training
     and in validation alike; a smaller crop takes the centre."""
-    from pretraining.data import centre_crop, random_crop
+    from fractal_pretrain.data import centre_crop, random_crop
 
     x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
     assert torch.equal(centre_crop(x, 64), x) and torch.equal(random_crop(x, 64), x)

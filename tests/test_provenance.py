@@ -12,7 +12,7 @@ import pytest
 from conftest import runs_of
 
 from pipeline import provenance
-from pipeline.backbones import shared_fractal_backbone
+from pipeline.shared_backbone import shared_fractal_backbone
 from pipeline.job import run_pipeline
 
 
@@ -50,7 +50,7 @@ def test_code_version_is_the_commit_in_git_and_a_source_digest_outside(tmp_path,
     version = provenance.code_version()
     # the last commit that changed the sources (not a later docs/tests-only one)
     head = subprocess.run(["git", "-C", str(provenance.ROOT), "log", "-1", "--format=%H", "--", "pipeline", "conf",
-                           "detection", "fractals", "pretraining", "anomaly_data", "console", "run.py"],
+                           "fractal_pretrain", "detectors", "evaluation", "console", "hydra_plugins", "run.py"],
                           capture_output=True, text=True, check=True).stdout.strip()
     assert version.startswith(f"0.1.0+g{head[:12]}")
     # a copy of the sources outside any checkout (a pip install, a CI copy): a digest of them

@@ -18,7 +18,7 @@ import pytest
 from conftest import runs_of
 from scipy import stats
 
-from detection.metrics import HEADLINE, VALIDATION
+from evaluation.metrics import HEADLINE, VALIDATION
 from pipeline import report
 from run import ROOT
 

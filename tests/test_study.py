@@ -19,7 +19,7 @@ import timm
 from conftest import CONF_DIR, compose_config
 from hydra import compose, initialize_config_dir
 
-from detection.layers import feature_layers, resolve_layers
+from detectors.layers import feature_layers, resolve_layers
 from pipeline.detect import resolve_backbone
 from pipeline.job import run_pipeline
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from anomaly_data.textures import TEXTURE_STREAM, texture_system
-from fractals.ifs import MAX_MAPS, sample_bank, sample_system
+from evaluation.datasets.textures import TEXTURE_STREAM, texture_system
+from fractal_pretrain.fractals.ifs import MAX_MAPS, sample_bank, sample_system
 from tests.conftest import CONF_DIR
 
 TEXTURES = 64  # write_fractal_textures' default count (the pipeline's)

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from skimage import data as skimage_data
 
-from anomaly_data.builtin import make_builtin_dataset
-from anomaly_data.datamodules import Builtin
-from anomaly_data.textures import write_fractal_textures
-from detection.detect import synthetic_anomalies_from, validation_draws_apart
+from evaluation.datasets.builtin import make_builtin_dataset
+from evaluation.datasets.datamodules import Builtin
+from evaluation.datasets.textures import write_fractal_textures
+from detectors.fit import synthetic_anomalies_from, validation_draws_apart
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,11 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 import pipeline.detect as pipeline_detect
-from anomaly_data.builtin import make_builtin_dataset
-from anomaly_data.datamodules import Builtin
-from detection.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
-from anomaly_data.textures import write_fractal_textures
-from detection.detect import split_seed, synthetic_anomalies_from, validation_draws_apart
+from evaluation.datasets.builtin import make_builtin_dataset
+from evaluation.datasets.datamodules import Builtin
+from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from evaluation.datasets.textures import write_fractal_textures
+from detectors.fit import split_seed, synthetic_anomalies_from, validation_draws_apart
 
 SMALL_DATA = ["dataset.builtin.image_size=64", "dataset.builtin.n_train=12", "dataset.builtin.n_test_good=3",
               "dataset.builtin.n_test_defect=1", "dataset.datamodule.val_split_ratio=0.25"]

@@ -8,8 +8,8 @@ import torch
 from conftest import CONF_DIR, compose_config
 from hydra import compose, initialize_config_dir
 
-from detection.backbone import IMAGENET_MEAN, BackboneError
-from detection.layers import resolve_layers
+from detectors.backbone import IMAGENET_MEAN, BackboneError
+from detectors.layers import resolve_layers
 from pipeline.detect import resolve_backbone
 
 

@@ -14,7 +14,7 @@ from anomalib.data import MVTecLOCO as AnomalibMVTecLOCO
 from anomalib.data import RealIAD as AnomalibRealIAD
 from anomalib.data.utils import TestSplitMode, ValSplitMode
 
-from anomaly_data.builtin import make_builtin_dataset
+from evaluation.datasets.builtin import make_builtin_dataset
 
 
 class Builtin(MVTecAD):

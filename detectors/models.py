@@ -1,8 +1,8 @@
 """Glue that puts our backbone into each anomalib detector.
 
 A detector config names the class it builds (``_target_: anomalib.models.Patchcore``, or one of the
-adapters below, ``detection.models.Fastflow``) with the study's settings. ``build_detector`` maps our ``Backbone`` onto it: the timm name (``local-dir:<export>`` for
-our own weights), ``pre_trained``, layer names resolved for the backbone family (detection.layers),
+adapters below, ``detectors.models.Fastflow``) with the study's settings. ``build_detector`` maps our ``Backbone`` onto it: the timm name (``local-dir:<export>`` for
+our own weights), ``pre_trained``, layer names resolved for the backbone family (detectors.layers),
 and what a model cannot infer for an arbitrary backbone (PaDiM's ``n_features``).
 
 Most anomalib models take any timm CNN through ``TimmFeatureExtractor`` and are built as they are.
@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from console.errors import ConfigError
-from detection.backbone import Backbone
-from detection.layers import layer_channels, layer_indices, resolve_layers
+from detectors.backbone import Backbone
+from detectors.layers import layer_channels, layer_indices, resolve_layers
 
 # Why each anomalib image model outside this pipeline cannot take our backbone.
 UNSUPPORTED = {
@@ -120,7 +120,7 @@ def padim_n_features(arch: str, layers: list[str]) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# PatchCore with detection.coreset's k-center greedy (anomalib's selection, bit for bit)
+# PatchCore with detectors.coreset's k-center greedy (anomalib's selection, bit for bit)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -128,11 +128,11 @@ def _patchcore():
     from anomalib.models import Patchcore as AnomalibPatchcore
 
     from console.progress import LoopProgress
-    from detection.coreset import select_in_background
+    from detectors.coreset import select_in_background
 
     class Patchcore(AnomalibPatchcore):
         """anomalib's Patchcore; only the memory bank's coreset is selected by
-        ``detection.coreset`` (the same indices as anomalib's ``KCenterGreedy``, at a fraction of its
+        ``detectors.coreset`` (the same indices as anomalib's ``KCenterGreedy``, at a fraction of its
         time and memory traffic on a CPU), with progress lines, on a thread of its own:
         ``fit`` returns once the selection has started, and the bank is filled in before the model
         scores or is saved (``wait_for_memory_bank``), so a second model's fit runs meanwhile."""
@@ -334,7 +334,7 @@ def _cfa():
 
 
 def _reductions(arch: str, layers) -> list[int]:
-    from detection.layers import feature_layers
+    from detectors.layers import feature_layers
 
     by_name = {f.name: f.reduction for f in feature_layers(arch)}
     return [by_name[layer] for layer in layers]
@@ -344,7 +344,7 @@ _ADAPTERS = {"Fastflow": _fastflow, "Stfpm": _stfpm, "ReverseDistillation": _rev
 
 
 def __getattr__(name: str) -> type:
-    """``detection.models.Fastflow`` (``Stfpm``, ``ReverseDistillation``, ``Cfa``): the adapter
+    """``detectors.models.Fastflow`` (``Stfpm``, ``ReverseDistillation``, ``Cfa``): the adapter
     classes the detector configs name, built on first access (importing anomalib's models costs
     seconds, so this module does not do it at import)."""
     if name not in _ADAPTERS:

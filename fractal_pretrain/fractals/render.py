@@ -35,7 +35,7 @@ from pathlib import Path
 # and later processes load them (~0.5 s) instead of recompiling (~15 s). numba reads the variable at
 # import; if numba was imported earlier, the config attribute below still takes effect because the
 # cache locator reads it when each ``cache=True`` function is decorated.
-CACHE_DIR = os.environ.get("NUMBA_CACHE_DIR") or str(Path(__file__).resolve().parent.parent / ".numba_cache")
+CACHE_DIR = os.environ.get("NUMBA_CACHE_DIR") or str(Path(__file__).resolve().parents[2] / ".numba_cache")
 os.environ.setdefault("NUMBA_CACHE_DIR", CACHE_DIR)
 
 import numba  # noqa: E402

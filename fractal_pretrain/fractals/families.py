@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fractals.ifs import SystemBank
-from fractals.render import RenderConfig, derive_key, maybe_blur, render_background, render_key, resize_paste
+from fractal_pretrain.fractals.ifs import SystemBank
+from fractal_pretrain.fractals.render import RenderConfig, derive_key, maybe_blur, render_background, render_key, resize_paste
 
 FAMILIES = ("fractals", "multi_formula", "ofdb")
 

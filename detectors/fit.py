@@ -22,7 +22,7 @@ import torch
 
 from console.errors import ConfigError
 from console.progress import StepProgress
-from detection.plots import RocCollector, plot_roc
+from evaluation.plots import RocCollector, plot_roc
 
 
 @dataclass
@@ -205,7 +205,7 @@ def validation_draws_apart(datamodule) -> None:
 
 def synthetic_anomalies_from(datamodule, textures: Path) -> None:
     """Draw the synthetic validation anomalies' textures from ``textures`` (e.g. the fractal textures
-    of ``anomaly_data.textures``).
+    of ``evaluation.datasets.textures``).
 
     anomalib builds its synthetic split with ``PerlinAnomalyGenerator(anomaly_source_path=
     "./datasets/dtd")``, hard-coded and relative to the working directory, falling back to plain
@@ -292,7 +292,7 @@ def fit_and_test(model, datamodule, out_dir: str | Path, *, labels: dict[str, st
     held_out = datamodule.train_data
     if refit is not None:
         # the tested model first: PatchCore's coreset selection runs on a thread of its own
-        # (detection.models), beside the held-out model's fit and selection, so neither fit runs a
+        # (detectors.models), beside the held-out model's fit and selection, so neither fit runs a
         # validation loop; the tested model's validation pass below sets its thresholds
         datamodule.train_data = datamodule.all_normals  # same split, same synthetic anomalies
         tested, tester = refit(), engine(roc, validate_in_fit=False)

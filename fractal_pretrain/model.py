@@ -26,7 +26,7 @@ from console.errors import ConfigError
 
 
 class _Optimised(L.LightningModule):
-    """``optimizer(params)`` and ``schedule(optimizer, total_steps)`` (``pretraining.schedules``;
+    """``optimizer(params)`` and ``schedule(optimizer, total_steps)`` (``fractal_pretrain.schedules``;
     stepped every optimiser step) build the optimisation."""
 
     def __init__(self, optimizer: Callable[..., torch.optim.Optimizer],

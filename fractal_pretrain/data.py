@@ -24,7 +24,7 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from console.errors import ConfigError
-from fractals.families import (
+from fractal_pretrain.fractals.families import (
     FAMILIES,
     MultiFormulaConfig,
     multi_instance_layout,
@@ -32,8 +32,8 @@ from fractals.families import (
     render_multi_formula,
     render_tiles,
 )
-from fractals.ifs import SystemBank
-from fractals.render import RenderConfig, derive_key, render_key
+from fractal_pretrain.fractals.ifs import SystemBank
+from fractal_pretrain.fractals.render import RenderConfig, derive_key, render_key
 
 TRAIN, VAL, PREVIEW = 0, 1, 2  # independent random streams over the same systems
 
@@ -257,7 +257,7 @@ class GpuBatchRenderer:
         self.images, self.walkers = images, walkers
 
     def __call__(self, batch, device) -> tuple[torch.Tensor, torch.Tensor]:
-        from fractals.render_torch import render_batch
+        from fractal_pretrain.fractals.render_torch import render_batch
 
         systems, keys, labels = batch
         bank = self.images.bank

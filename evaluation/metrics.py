@@ -25,7 +25,7 @@ class RawScorePostProcessor(PostProcessor):
     on the validation split (adaptive F1, unchanged). ``raw > threshold`` is exactly
     ``normalised > 0.5``, anomalib's own rule at its default sensitivity (0.5; other sensitivities
     are not used here), so F1 is unchanged too.
-    The normalisation statistics are still fitted: ``detection.plots.NormalisedVisualizer``
+    The normalisation statistics are still fitted: ``evaluation.plots.NormalisedVisualizer``
     uses them to draw the maps, and ``forward`` (deployment, outside ``Engine.test``) keeps
     anomalib's normalised output.
     Checkpoints keep the thresholds and statistics (buffers) and the settings (anomalib's

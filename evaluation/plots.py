@@ -94,7 +94,7 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: str 
 class NormalisedVisualizer(ImageVisualizer):
     """anomalib's visualizer fed the scores and maps min-max normalised with the validation split's
     statistics, as anomalib draws them; the batch itself (and so every metric) stays raw
-    (``detection.metrics.RawScorePostProcessor``)."""
+    (``evaluation.metrics.RawScorePostProcessor``)."""
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         shown = copy.copy(batch)

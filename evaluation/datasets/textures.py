@@ -30,8 +30,8 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image
 
-from fractals.ifs import sample_system
-from fractals.render import RenderConfig, derive_key, render_key
+from fractal_pretrain.fractals.ifs import sample_system
+from fractal_pretrain.fractals.render import RenderConfig, derive_key, render_key
 
 FORMAT_VERSION = 2  # 2: systems from TEXTURE_STREAM, apart from every pre-training bank
 PARAMS_FILE = "textures.json"

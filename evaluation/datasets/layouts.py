@@ -34,7 +34,7 @@ from pathlib import Path
 from anomalib.data.datasets.image import mvtec_loco, mvtecad, mvtecad2, realiad, visa
 from PIL import Image
 
-from anomaly_data.builtin import CATEGORIES as BUILTIN_CATEGORIES
+from evaluation.datasets.builtin import CATEGORIES as BUILTIN_CATEGORIES
 from console.errors import UserError
 
 # The official categories: anomalib's own lists, ours for the built-in data.
@@ -83,7 +83,7 @@ _WHERE_TO_GET = {
     ),
     "builtin": (
         "The built-in dataset is generated automatically by the pipeline "
-        "(anomaly_data.builtin.make_builtin_dataset) before validation, so this folder should exist; "
+        "(evaluation.datasets.builtin.make_builtin_dataset) before validation, so this folder should exist; "
         "check that dataset.root points where the pipeline generated it, or generate it by calling "
         "make_builtin_dataset(root)."
     ),

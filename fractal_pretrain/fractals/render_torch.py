@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fractals import render as R
-from fractals.render import RenderConfig
+from fractal_pretrain.fractals import render as R
+from fractal_pretrain.fractals.render import RenderConfig
 
 _M32 = 0xFFFFFFFF
 

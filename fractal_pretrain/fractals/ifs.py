@@ -127,7 +127,7 @@ def fill_ratio(A: np.ndarray, b: np.ndarray, size: int = 512, n_points: int = 10
                seed: int = 0) -> float:
     """Fraction of pixels hit by the chaos game in a window fitted to the attractor's bounding box
     (FractalDB's "filling rate"); 0 for a walk that diverges."""
-    from fractals.render import fitted_fill_ratio  # render imports this module
+    from fractal_pretrain.fractals.render import fitted_fill_ratio  # render imports this module
 
     return fitted_fill_ratio(A, b, size, n_points, seed)
 

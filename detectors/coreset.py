@@ -27,7 +27,7 @@ numbers. Every buffer is allocated once, before the loop.
 
 The loop is one thread's work. ``select_in_background`` makes the random draws on the caller's
 thread and runs the loop on a thread of its own, so that PatchCore's two selections of a job (the
-held-out fit and the refit on every normal, detection.detect) run side by side.
+held-out fit and the refit on every normal, detectors.fit) run side by side.
 
 On other devices (CUDA), where a reduction's order may depend on the tensor's shape, and in half
 precision, the loop computes every distance as anomalib does, in preallocated buffers.
