@@ -5,23 +5,25 @@ from __future__ import annotations
 
 import csv
 import os
-import random
 import re
 import resource
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import torch
 
 from console.errors import ConfigError
 from console.progress import StepProgress
+from detectors.private_api import (
+    keep_all_normals,
+    paired_validation,
+    synthetic_anomalies_from,
+    validation_draws_apart,
+)
 from evaluation.plots import RocCollector, plot_roc
 
 
@@ -114,115 +116,6 @@ def split_seed(seed: int) -> int:
     return int(np.random.SeedSequence([int(seed), VAL_SPLIT_STREAM]).generate_state(1)[0]) or 1
 
 
-def around_val_split(datamodule, context: Callable[[], AbstractContextManager]) -> None:
-    """Make ``datamodule`` create its validation split inside ``context()`` (entered anew each time
-    the split is made). The one place that wraps anomalib's private ``_create_val_split``: the
-    adapters below each add one context, the last added outermost."""
-    create_val_split = datamodule._create_val_split
-
-    def create_val_split_within() -> None:
-        with context():
-            create_val_split()
-
-    datamodule._create_val_split = create_val_split_within
-
-
-@contextmanager
-def _replaced(owner, name: str, value) -> Iterator[None]:
-    """``owner.name`` is ``value`` inside the block, its own value again after it, whatever happens."""
-    default = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, default)
-
-
-def keep_all_normals(datamodule) -> None:
-    """Keep the whole training set as ``datamodule.all_normals`` when the validation split is carved
-    out of it, for the fit on every training normal (training-free detectors; see ``fit_and_test``).
-    The split itself is anomalib's: ``datamodule.train_data`` is the training normals minus the
-    validation normals."""
-
-    @contextmanager
-    def keeping_all() -> Iterator[None]:
-        datamodule.all_normals = datamodule.train_data
-        yield
-
-    around_val_split(datamodule, keeping_all)
-
-
-def paired_validation(datamodule) -> None:
-    """Every validation normal stays in the validation split AND gets its synthetic anomalous copy.
-
-    anomalib's synthetic split turns half of the validation normals into anomalies and drops their
-    normal originals (``make_synthetic_dataset(..., anomalous_ratio=0.5)``): n validation normals give
-    n/2 x n/2 pairs for the validation AUROC. Converting all of them (ratio 1) and putting the normals
-    back gives n x n, with every anomaly next to its own normal image (the score difference is the
-    anomaly's, not the image's)."""
-    from anomalib.data.utils import synthetic
-
-    default = synthetic.make_synthetic_dataset
-
-    def paired(source_samples, image_dir, mask_dir, anomalous_ratio=0.5):
-        normals = source_samples.filter(["image_path", "label", "label_index", "mask_path", "split"])
-        anomalies = default(source_samples, image_dir, mask_dir, 1.0)
-        return pd.concat([normals, anomalies], ignore_index=True)
-
-    around_val_split(datamodule, lambda: _replaced(synthetic, "make_synthetic_dataset", paired))
-
-
-@contextmanager
-def _own_streams(seed: int | None) -> Iterator[None]:
-    """Inside the block the python, numpy and torch (CPU) streams start from ``seed`` (as they are,
-    if None); after it they are what they were before it."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                random.seed(seed)
-                np.random.seed(seed % 2**32)
-                torch.manual_seed(seed)
-            yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-
-
-def validation_draws_apart(datamodule) -> None:
-    """The validation split draws from its own random streams (torch, numpy, python), seeded with
-    the datamodule's ``seed`` (``split_seed`` of the run seed) and put back afterwards. So the split,
-    its synthetic anomalies included, is a function of the seed, the data and the textures alone,
-    the same whatever was drawn before (building a random-init backbone, PaDiM's channel subset);
-    and the detector's own draws after it (PatchCore's coreset, loader order) are the same however
-    the validation anomalies are drawn: a validation-only setting cannot move test figures on fixed
-    weights. (Without this, choosing other anomaly textures moved a seed's PatchCore image AUROC
-    by up to 0.03.) anomalib seeds only the choice of validation normals; which of them become
-    anomalies (pandas ``sample``) and the anomalies (Perlin masks, textures) draw from the global
-    streams."""
-    around_val_split(datamodule, lambda: _own_streams(datamodule.seed))
-
-
-def synthetic_anomalies_from(datamodule, textures: Path) -> None:
-    """Draw the synthetic validation anomalies' textures from ``textures`` (e.g. the fractal textures
-    of ``evaluation.datasets.textures``).
-
-    anomalib builds its synthetic split with ``PerlinAnomalyGenerator(anomaly_source_path=
-    "./datasets/dtd")``, hard-coded and relative to the working directory, falling back to plain
-    Perlin noise without it; and it lists the textures in ``rglob`` order, which is the file
-    system's. While this datamodule creates its validation split, the generator reads ``textures``
-    instead, in sorted order, so the split is the same from any directory on any machine.
-    """
-    from anomalib.data.utils import synthetic
-
-    class FromTextures(synthetic.PerlinAnomalyGenerator):
-        def __init__(self, *args, anomaly_source_path=None, **kwargs):
-            super().__init__(*args, anomaly_source_path=textures, **kwargs)
-            self.anomaly_source_paths.sort()
-
-    around_val_split(datamodule, lambda: _replaced(synthetic, "PerlinAnomalyGenerator", FromTextures))
-
-
 @dataclass(frozen=True)
 class Selection:
     """Checkpoint selection of a detector that trains: the validation metric, its direction, and
@@ -292,7 +185,7 @@ def fit_and_test(model, datamodule, out_dir: str | Path, *, labels: dict[str, st
     held_out = datamodule.train_data
     if refit is not None:
         # the tested model first: PatchCore's coreset selection runs on a thread of its own
-        # (detectors.models), beside the held-out model's fit and selection, so neither fit runs a
+        # (detectors.adapters.patchcore), beside the held-out model's fit and selection, so neither fit runs a
         # validation loop; the tested model's validation pass below sets its thresholds
         datamodule.train_data = datamodule.all_normals  # same split, same synthetic anomalies
         tested, tester = refit(), engine(roc, validate_in_fit=False)

@@ -34,7 +34,8 @@ from pipeline.config import pretrain_hash
 from pipeline.generate import dataset_args
 from pipeline.provenance import code_version, log_backbone_model
 from fractal_pretrain.callbacks import FirstBatchAndDataWait, RngState
-from fractal_pretrain.data import TRAIN, VAL, FractalDataModule, MultiInstanceImages, TwoViews, make_dataset
+from fractal_pretrain.datamodule import FractalDataModule
+from fractal_pretrain.datasets import TRAIN, VAL, MultiInstanceImages, TwoViews, make_dataset
 from fractal_pretrain.model import FractalClassifier, FractalSimCLR
 
 

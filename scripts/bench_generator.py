@@ -47,7 +47,7 @@ def make(name: str):
     torch.set_num_threads(1)  # as in a DataLoader worker; the ofdb augmentation runs in torch
     from fractal_pretrain.fractals.ifs import sample_bank
     from fractal_pretrain.fractals.render import RenderConfig
-    from fractal_pretrain.data import make_dataset
+    from fractal_pretrain.datasets import make_dataset
 
     family, spc, render, extra = SETTINGS[name]
     bank = sample_bank(100, spc, seed=0, meta={"family": family})

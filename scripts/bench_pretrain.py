@@ -72,7 +72,8 @@ def first_batch(cfg, batch: int):
 
     from fractal_pretrain.fractals.ifs import sample_bank
     from pipeline.generate import dataset_args
-    from fractal_pretrain.data import TRAIN, EpochSampler, make_dataset
+    from fractal_pretrain.datamodule import EpochSampler
+    from fractal_pretrain.datasets import TRAIN, make_dataset
 
     f, p = cfg.fractal, cfg.pretrain
     bank = sample_bank(f.num_classes, f.systems_per_class, seed=cfg.seed)
@@ -96,7 +97,7 @@ def child_bare(cfg, layout: str, steps: int) -> dict:
 
     x, y, num_classes, _ = first_batch(cfg, cfg.pretrain.batch_size)
     if cfg.pretrain.crop_size:
-        from fractal_pretrain.data import random_crop
+        from fractal_pretrain.datamodule import random_crop
         x = random_crop(x, cfg.pretrain.crop_size)
     torch.manual_seed(cfg.seed)
     model = timm.create_model(cfg.backbone.arch, pretrained=False, num_classes=num_classes)

@@ -66,17 +66,19 @@ def test_detector_targets_name_the_anomalib_model_actually_built(option, tmp_pat
     backbone: then the config names the adapter, and anomalib's own class is refused."""
     from anomalib.models.components import AnomalibModule
 
-    from detectors.models import _ADAPTERS, build_detector
+    from detectors.adapters import ADAPTED
+    from detectors.models import build_detector
 
     cfg = compose_config(tmp_path, f"detector={option}")
     cls = hydra.utils.get_class(cfg.detector.model._target_)
     assert issubclass(cls, AnomalibModule)
-    adapted = cls.__name__ in _ADAPTERS
-    assert cls.__module__ == "detectors.models" if adapted else cls.__module__.startswith("anomalib.models")
+    adapted = cls.__name__ in ADAPTED
+    assert (cls.__module__ == f"detectors.adapters.{ADAPTED[cls.__name__]}" if adapted
+            else cls.__module__.startswith("anomalib.models"))
     if adapted:
         anomalibs = getattr(__import__("anomalib.models", fromlist=[cls.__name__]), cls.__name__)
         assert issubclass(cls, anomalibs)
-        with pytest.raises(ValueError, match=f"_target_: detectors.models.{cls.__name__}"):
+        with pytest.raises(ValueError, match=f"_target_: {cls.__module__}.{cls.__name__}"):
             build_detector(anomalibs, {}, None)
 
 

@@ -32,11 +32,11 @@ from fractal_pretrain.fractals.ifs import (
 )
 from fractal_pretrain.fractals.render import RenderConfig, derive_key, render, render_key
 from pipeline.generate import dataset_args, generate
-from fractal_pretrain.data import (
+from fractal_pretrain.datamodule import EpochSampler
+from fractal_pretrain.datasets import (
     PREVIEW,
     TRAIN,
     VAL,
-    EpochSampler,
     FractalImages,
     MultiFormulaImages,
     OneImagePerClass,
@@ -464,7 +464,7 @@ def test_renders_match_a_separate_process(bank):
     """'Two runs': hashes from a fresh interpreter equal this process's, for every family."""
     code = """
 import hashlib, json
-from fractal_pretrain.data import make_dataset
+from fractal_pretrain.datasets import make_dataset
 from fractal_pretrain.fractals.ifs import sample_bank
 from fractal_pretrain.fractals.families import MultiFormulaConfig
 from fractal_pretrain.fractals.render import RenderConfig

@@ -10,7 +10,7 @@ import torch
 from fractal_pretrain.fractals.ifs import sample_bank
 from fractal_pretrain.fractals.render import RenderConfig, render_key
 from fractal_pretrain.fractals.render_torch import hash32, render_batch
-from fractal_pretrain.data import GpuBatchRenderer, RenderKeys, make_dataset
+from fractal_pretrain.datasets import GpuBatchRenderer, RenderKeys, make_dataset
 
 
 def lowbias32(x: int) -> int:

@@ -13,7 +13,7 @@ from conftest import compose_config
 from fractal_pretrain.fractals.ifs import sample_bank
 from fractal_pretrain.fractals.render import RenderConfig
 from pipeline.job import run_pipeline
-from fractal_pretrain.data import MultiInstanceImages, TwoViews
+from fractal_pretrain.datasets import MultiInstanceImages, TwoViews
 from fractal_pretrain.model import FractalClassifier, nt_xent
 
 DETECTORS = ("cfa", "cflow", "dfkde", "dfm", "fastflow", "padim", "patchcore", "reverse_distillation", "stfpm")
@@ -86,7 +86,7 @@ def test_multi_instance_targets_name_exactly_the_classes_pasted():
 
 
 def test_two_views_are_independent_augmentations_of_the_same_image_and_reproducible():
-    from fractal_pretrain.data import FractalImages
+    from fractal_pretrain.datasets import FractalImages
 
     images = FractalImages(sample_bank(4, 1, seed=0), RenderConfig(size=48, n_points=3000), 0, 2)
     pairs = TwoViews(images, crop_scale=(0.3, 1.0))

@@ -16,7 +16,7 @@ from conftest import TINY, compose_config, runs_of
 
 from pipeline.generate import generate
 from pipeline.pretrain import check_pretrain_config, pretrain
-from fractal_pretrain.data import random_crop
+from fractal_pretrain.datamodule import random_crop
 from run import ROOT
 
 
@@ -219,7 +219,7 @@ def test_secondary_ranks_are_told_apart_from_rank_zero_by_the_launchers_environm
 def test_crops_larger_than_the_render_leave_it_whole_in_training_and_validation():
     """A recipe's crop (crop_mix: 64 of 96 px) on renders shrunk below it crops nothing, in training
     and in validation alike; a smaller crop takes the centre."""
-    from fractal_pretrain.data import centre_crop, random_crop
+    from fractal_pretrain.datamodule import centre_crop, random_crop
 
     x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
     assert torch.equal(centre_crop(x, 64), x) and torch.equal(random_crop(x, 64), x)

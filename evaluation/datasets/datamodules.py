@@ -39,9 +39,9 @@ class MVTecLOCO(AnomalibMVTecLOCO):
     did, is all it needs. Remove when anomalib creates that column with ``dtype=object``.
     """
 
-    def _setup(self, _stage: str | None = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         with _object_strings():
-            super()._setup(_stage)
+            super().setup(stage)
 
 
 @contextmanager
@@ -79,9 +79,9 @@ class MVTecAD2(_StudySplits, AnomalibMVTecAD2):
     rejects ("Path must be None, a string, or Path object, got float"); built as pandas 2 did, it works.
     """
 
-    def _setup(self, _stage: str | None = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         with _object_strings():
-            super()._setup(_stage)
+            super().setup(stage)
 
 
 class RealIAD(_StudySplits, AnomalibRealIAD):
