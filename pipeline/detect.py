@@ -9,15 +9,15 @@ import hydra
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
-from evaluation.datasets.layouts import validate_folder, validate_layout, validate_real_iad
-from evaluation.datasets.textures import write_fractal_textures
 from console.errors import ConfigError
 from console.logs import log
 from detectors.backbone import Backbone, BackboneError
 from detectors.backbone import resolve_backbone as resolve
 from detectors.fit import DetectRecord, Selection, fit_and_test, input_transform, leakage_guard, split_seed
-from evaluation.metrics import RawScorePostProcessor, study_evaluator
 from detectors.models import build_detector
+from evaluation.datasets.layouts import validate_folder, validate_layout, validate_real_iad
+from evaluation.datasets.textures import write_fractal_textures
+from evaluation.metrics import RawScorePostProcessor, study_evaluator
 from evaluation.plots import NormalisedVisualizer
 from pipeline.config import seed_stage
 from pipeline.provenance import log_dataset_inputs, split_files

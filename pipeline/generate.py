@@ -17,10 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from console.errors import ConfigError
+from fractal_pretrain.datasets import check_family, preview_grid
 from fractal_pretrain.fractals.families import MultiFormulaConfig
 from fractal_pretrain.fractals.ifs import SAMPLERS, SystemBank, fill_ratio, sample_bank
 from fractal_pretrain.fractals.render import RenderConfig
-from fractal_pretrain.datasets import check_family, preview_grid
 
 FILL_SAMPLE = 64  # systems whose fill ratio is measured and logged (a sanity figure, not a filter)
 

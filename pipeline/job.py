@@ -14,7 +14,6 @@ from console.logs import log
 from detectors.imagenet_offline import ensure_imagenet_export
 from evaluation.metrics import HEADLINE
 from pipeline import tracking
-from pipeline.shared_backbone import shared_fractal_backbone
 from pipeline.config import (
     check_job,
     config_hash,
@@ -28,6 +27,7 @@ from pipeline.detect import detect, prepare_dataset, resolve_backbone, upstream_
 from pipeline.generate import generate
 from pipeline.pretrain import check_objective_config, pretrain
 from pipeline.provenance import backbone_model_id, code_version
+from pipeline.shared_backbone import shared_fractal_backbone
 from pipeline.sweep import SWEEP_RUN_ENV
 
 

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from lightning.fabric.utilities.rank_zero import _get_rank
 from hydra.experimental.callback import Callback
+from lightning.fabric.utilities.rank_zero import _get_rank
 from omegaconf import DictConfig
 
 from console.errors import ConfigError

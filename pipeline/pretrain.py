@@ -27,16 +27,16 @@ from omegaconf import DictConfig, OmegaConf
 from console.errors import ConfigError
 from console.logs import log
 from console.progress import StepProgress
-from fractal_pretrain.export import write_export
-from fractal_pretrain.fractals.families import MultiFormulaConfig
-from fractal_pretrain.fractals.ifs import SystemBank
-from pipeline.config import pretrain_hash
-from pipeline.generate import dataset_args
-from pipeline.provenance import code_version, log_backbone_model
 from fractal_pretrain.callbacks import FirstBatchAndDataWait, RngState
 from fractal_pretrain.datamodule import FractalDataModule
 from fractal_pretrain.datasets import TRAIN, VAL, MultiInstanceImages, TwoViews, make_dataset
+from fractal_pretrain.export import write_export
+from fractal_pretrain.fractals.families import MultiFormulaConfig
+from fractal_pretrain.fractals.ifs import SystemBank
 from fractal_pretrain.model import FractalClassifier, FractalSimCLR
+from pipeline.config import pretrain_hash
+from pipeline.generate import dataset_args
+from pipeline.provenance import code_version, log_backbone_model
 
 
 @dataclass

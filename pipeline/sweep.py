@@ -16,7 +16,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from console import logs
-from pipeline import report, tracking
+from evaluation import report
+from pipeline import tracking
+from pipeline.report import collect
 
 SWEEP_RUN_ENV = "FRACTAL_AD_SWEEP_RUN_ID"
 
@@ -46,7 +48,7 @@ class SweepTracking(Callback):
         status = "FINISHED"
         if self.make_report:
             try:
-                rows = report.collect(config.mlflow.tracking_uri, config.mlflow.experiment,
+                rows = collect(config.mlflow.tracking_uri, config.mlflow.experiment,
                                       f"tags.sweep_run_id = '{self.run_id}'")
                 paths = report.write_report(rows, Path(config.hydra.sweep.dir) / "report")
                 client = mlflow.MlflowClient()

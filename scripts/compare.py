@@ -26,7 +26,8 @@ from pathlib import Path
 
 import mlflow
 
-from pipeline import report
+from evaluation import report
+from pipeline.report import collect
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--attach needs --sweep <sweep run id>: the run the report is logged to")
 
     filters = [f for f in (args.filter, args.sweep and f"tags.sweep_run_id = '{args.sweep}'") if f]
-    rows = report.collect(args.tracking_uri, args.experiment, " and ".join(filters))
+    rows = collect(args.tracking_uri, args.experiment, " and ".join(filters))
     try:
         paths = report.write_report(rows, args.out)
     except ValueError as err:

@@ -1,6 +1,6 @@
 """The comparison report's statistics, checked against independent computations (scipy, numpy).
 
-Rows are built with known values (the shape ``report.collect`` returns) or logged as real runs
+Rows are built with known values (the shape ``pipeline.report.collect`` returns) or logged as real runs
 into a temporary MLflow SQLite store; the slow test runs the main experiment through run.py -m.
 The seed is the unit of every interval and test; categories are averaged within a seed first.
 """
@@ -18,8 +18,9 @@ import pytest
 from conftest import runs_of
 from scipy import stats
 
+from evaluation import report
 from evaluation.metrics import HEADLINE, VALIDATION
-from pipeline import report
+from pipeline.report import collect
 from run import ROOT
 
 CATEGORIES = ["tiles", "washer", "weave"]
@@ -321,7 +322,7 @@ def test_collect_and_compare_script_on_a_real_store(tmp_path):
     log_run(client, experiment_id, {**base, "backbone": "imagenet", "category": "a", "arch": "x",
                                     "pretrain_hash": "p"}, {}, status="FAILED")
     client.create_run(experiment_id, tags={"stage": "detect", **base, "backbone": "imagenet", "category": "b"})
-    rows = report.collect(uri, "fractal-ad")
+    rows = collect(uri, "fractal-ad")
     assert rows.attrs["dropped"] == [older, failed_rerun]
     assert len(rows) == 5 and set(rows["status"]) == {"FINISHED", "FAILED"}
     assert set(rows.loc[rows["backbone"] == "fractal", "arch"]) == {report.UNKNOWN}
@@ -429,7 +430,7 @@ def test_budget_curve_from_a_real_store_picks_on_validation_and_times_each_budge
         log_run(client, experiment_id, {**base, "backbone": source, "category": category, "seed": str(seed),
                                         "pretrain_hash": source},
                 {"image_AUROC": random_auroc[(source, seed, category)], "val_image_AUROC": 0.6, "val_pixel_AUROC": 0.5})
-    paths = report.write_report(report.collect(uri, "budget"), tmp_path / "out")
+    paths = report.write_report(collect(uri, "budget"), tmp_path / "out")
     curve = pd.read_csv(paths["budget"])
     assert paths["budget_plot"].is_file()
     fractal = curve[curve["backbone"] == "fractal"].set_index(["recipe", "steps"])
