@@ -4,7 +4,7 @@
     python run.py +experiment=imagenet_patchcore   # swap whole config groups
     python run.py -m backbone=fractal,random detector=patchcore,padim   # sweep
 
-The domain packages (fractals, pretraining, detection, anomaly_data) take plain arguments; the
+The domain packages (fractal_pretrain, detectors, evaluation) take plain arguments; the
 pipeline package turns the config into them, one module per stage, and records everything in
 MLflow. This file is the Hydra entry point only: it composes the config and hands it over.
 """
@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from console.errors import EXIT_USER_ERROR, UserError, format_user_error  # noqa: E402
 from console.logs import log  # noqa: E402
 from console.logs import setup as setup_logging  # noqa: E402
-from pipeline.config import makes_fractal_weights, register_schemas  # noqa: E402
+from pipeline.config import register_schemas, stages_to_run  # noqa: E402
 from pipeline.job import run_pipeline, where_it_went  # noqa: E402
 from pipeline.launch import check_launch, is_secondary_rank, join_pretraining, select_gpu_for_job  # noqa: E402
 
@@ -53,8 +53,7 @@ def main(cfg: DictConfig) -> float | None:
             join_pretraining(cfg)
             return None
         select_gpu_for_job()
-        stages = [s for s in cfg.stages if makes_fractal_weights(cfg) or s == "detect"]
-        log.info(f"fractal-ad: stages {', '.join(stages)}; backbone {cfg.backbone.source} {cfg.backbone.arch}, "
+        log.info(f"fractal-ad: stages {', '.join(stages_to_run(cfg))}; backbone {cfg.backbone.source} {cfg.backbone.arch}, "
                  f"detector {cfg.detector.name}, dataset {cfg.dataset.name}:{cfg.dataset.category}, seed {cfg.seed}")
         metrics = run_pipeline(cfg)
     except UserError as err:
@@ -66,7 +65,7 @@ def main(cfg: DictConfig) -> float | None:
         print(format_user_error(err, log_file), file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     where_it_went(cfg, log_file)
-    return metrics.get(cfg.objective) if cfg.objective else None
+    return metrics.get(cfg.sweep_metric) if cfg.sweep_metric else None
 
 
 if __name__ == "__main__":

@@ -82,13 +82,19 @@ def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def check_objective(objective: str | None) -> None:
+def stages_to_run(cfg: DictConfig) -> list[str]:
+    """The configured stages this call runs: generate and pretrain only where it makes fractal
+    weights (imagenet/random backbones and given weights go straight to detect)."""
+    return [s for s in cfg.stages if makes_fractal_weights(cfg) or s == "detect"]
+
+
+def check_sweep_metric(metric: str | None) -> None:
     """Sweepers get a validation quantity or nothing: optimising a test metric tunes on the test set."""
-    if objective is not None and not str(objective).startswith("val_"):
+    if metric is not None and not str(metric).startswith("val_"):
         raise ConfigError(
-            f"objective={objective} is not a validation metric; a sweeper optimising it would tune on the "
+            f"sweep_metric={metric} is not a validation metric; a sweeper optimising it would tune on the "
             f"test set. Use a validation quantity (val_image_AUROC or val_pixel_AUROC: training normals + "
-            f"synthetic anomalies) or objective=null.")
+            f"synthetic anomalies) or sweep_metric=null.")
 
 
 def check_job(cfg: DictConfig) -> None:
@@ -96,8 +102,17 @@ def check_job(cfg: DictConfig) -> None:
     unknown = [s for s in cfg.stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"unknown stages {unknown}; choose from {list(STAGES)}")
+    if not stages_to_run(cfg):
+        raise ConfigError(
+            f"stages={list(cfg.stages)} runs nothing with backbone={cfg.backbone.source}"
+            f"{' and backbone.weights set' if cfg.backbone.weights else ''}: generate and pretrain make fractal "
+            f"weights only (backbone=fractal without backbone.weights). Add detect (stages=[detect]), or "
+            f"use backbone=fractal to pre-train.")
+    if "pretrain" in stages_to_run(cfg) and "generate" not in cfg.stages:
+        raise ConfigError("the pretrain stage needs the generate stage in the same call: "
+                          "stages=[generate,pretrain,...]")
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {cfg.seed!r}")
-    check_objective(cfg.objective)
+    check_sweep_metric(cfg.sweep_metric)
     if cfg.pretrain.reuse not in (True, False, "auto"):
         raise ConfigError(f"pretrain.reuse must be true, false or auto, got {cfg.pretrain.reuse}")

@@ -1,9 +1,12 @@
-"""Detect stage: the ``backbone``, ``detector`` and ``dataset`` groups -> an anomalib detector on the
-frozen backbone, fitted and tested on one category (detectors.fit) -> metrics and files in MLflow."""
+"""Detect stage: the ``dataset`` group -> a ``PreparedDataset`` (checked, built, before any model
+exists); the ``detector`` group and ``seed`` -> a ``DetectSpec``; both and a resolved backbone -> an
+anomalib detector fitted and tested on one category (detectors.fit) -> its record."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
 import mlflow
@@ -15,12 +18,67 @@ from detectors.backbone import Backbone, BackboneError
 from detectors.backbone import resolve_backbone as resolve
 from detectors.fit import DetectRecord, Selection, fit_and_test, input_transform, leakage_guard, split_seed
 from detectors.models import build_detector
+from evaluation.datasets.builtin import make_builtin_dataset
 from evaluation.datasets.layouts import validate_folder, validate_layout, validate_real_iad
 from evaluation.datasets.textures import write_fractal_textures
 from evaluation.metrics import RawScorePostProcessor, study_evaluator
 from evaluation.plots import NormalisedVisualizer
 from pipeline.config import seed_stage
-from pipeline.provenance import log_dataset_inputs, split_files
+from pipeline.provenance import split_files
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A checked dataset, ready on disk: what the detect stage reads, and the keywords of its
+    anomalib datamodule (the category included: the config names it once, as ``dataset.category``)."""
+    name: str
+    category: str
+    root: Path
+    folder: Path  # the category's folder (the root for ``folder`` datasets)
+    image_size: int
+    crop: int | None
+    has_masks: bool  # pixel metrics are defined
+    textures: Path | None  # the synthetic validation anomalies' textures; None: anomalib's default
+    datamodule: dict[str, Any]
+
+    def make_datamodule(self, seed: int, **overrides):
+        """The anomalib datamodule; ``seed``: the seed of its validation split (``split_seed``)."""
+        return hydra.utils.instantiate(self.datamodule, seed=seed, **overrides)
+
+
+@dataclass(frozen=True)
+class DetectSpec:
+    """The ``detector`` group and ``seed``, as the detect stage uses them."""
+    seed: int
+    name: str
+    model: dict[str, Any]  # ``_target_``: an anomalib model class (or our adapter), and its settings
+    center_crop: bool
+    selection: Selection | None  # checkpoint selection of detectors that train
+    max_epochs: int
+    batch_sizes: dict[str, int]  # a detector's own batch sizes over the dataset's
+    fit_on_all_normals: bool
+    aupro_fpr_limit: float
+    anomaly_maps: bool
+    log_images: int
+    accelerator: str
+    verbose: bool
+
+
+@dataclass
+class Detected:
+    record: DetectRecord
+    split_files: dict[str, list[str]]  # the train and test files (images, masks): the run's dataset inputs
+
+
+def detect_spec(cfg: DictConfig) -> DetectSpec:
+    det = cfg.detector
+    sel = det.get("selection")
+    return DetectSpec(
+        cfg.seed, det.name, OmegaConf.to_container(det.model, resolve=True), bool(det.get("center_crop")),
+        Selection(sel.monitor, sel.mode, sel.get("patience")) if sel else None, det.get("max_epochs", 1),
+        {k: det[k] for k in ("train_batch_size", "eval_batch_size") if det.get(k)},
+        bool(det.get("fit_on_all_normals", False)), det.aupro_fpr_limit, det.anomaly_maps, det.log_images,
+        cfg.trainer.accelerator, bool(cfg.get("verbose", False)))
 
 
 def fetch_mlflow_export(run_id: str, dst: Path) -> Path:
@@ -40,7 +98,7 @@ def upstream_run_id(weights) -> str | None:
     return weights.removeprefix("runs:/").split("/")[0] if weights.startswith("runs:/") else None
 
 
-def resolve_backbone(b: DictConfig, fractal_export: Path | None, work_dir: Path) -> Backbone:
+def backbone_from_config(b: DictConfig, fractal_export: Path | None, work_dir: Path) -> Backbone:
     """The ``backbone`` group -> what the detector needs. ``fractal_export`` is the export of this
     call's pretrain stage, if it ran; ``backbone.weights=runs:/<id>`` fetches a pretrain run's export."""
     weights = b.get("weights")
@@ -52,9 +110,9 @@ def resolve_backbone(b: DictConfig, fractal_export: Path | None, work_dir: Path)
                    offline_import=bool(b.get("offline_import")))
 
 
-def build_from_config(model_cfg: DictConfig, backbone: Backbone, **components):
+def build_from_config(model: dict[str, Any], backbone: Backbone, **components):
     """The ``detector.model`` group (``_target_``: an anomalib model class) on ``backbone``."""
-    kwargs = OmegaConf.to_container(model_cfg, resolve=True)
+    kwargs = dict(model)
     return build_detector(hydra.utils.get_class(kwargs.pop("_target_")), kwargs, backbone, **components)
 
 
@@ -91,77 +149,53 @@ def anomaly_textures(d: DictConfig) -> Path | None:
     return Path(textures) if textures else None
 
 
-def detector_crop(cfg: DictConfig) -> int | None:
-    """The centre crop of the detector's input: ``dataset.crop`` for detectors that crop
-    (``detector.center_crop``: PatchCore, whose anomalib v1 transform, the study's, was resize 256 +
-    centre crop 224), none for the others (anomalib v1 resized their input only)."""
-    return cfg.dataset.get("crop") if cfg.detector.get("center_crop") else None
-
-
-def prepare_dataset(d: DictConfig) -> Path:
+def prepare_dataset(d: DictConfig) -> PreparedDataset:
     """Everything about the ``dataset`` group that can fail before a model exists: the input size and
     crop, the built-in dataset (built on first use), the layout on disk, the validation anomalies'
     textures, a validation split that is not the test set. The pipeline calls it before any stage, so
     a wrong root costs no pre-training."""
     input_transform(d.image_size, d.get("crop"), (0.5,) * 3, (0.5,) * 3)
-    anomaly_textures(d)
+    textures = anomaly_textures(d)
     if d.name == "builtin":
-        hydra.utils.instantiate(d.datamodule).prepare_data()  # builds it on first use
+        make_builtin_dataset(d.root, **d.builtin)  # built on first use, reused when it matches
     folder = validate_dataset(d)
     leakage_guard(d.datamodule.get("val_split_mode", "same_as_test"))
-    return folder
+    datamodule = OmegaConf.to_container(d.datamodule, resolve=True)
+    datamodule["name" if d.name == "folder" else "category"] = d.category  # anomalib's Folder calls it name
+    return PreparedDataset(d.name, d.category, Path(d.root), folder, d.image_size, d.get("crop"),
+                           dataset_has_masks(d), textures, datamodule)
 
 
-def detect(cfg: DictConfig, backbone: Backbone, out_dir: str | Path, dataset_prepared: bool = False,
-           model_id: str | None = None) -> DetectRecord:
-    """Build, fit and test the configured detector on ``backbone``; log metrics, files and the
-    dataset inputs (the train and test files' digests) to the active MLflow run (if any).
-    ``dataset_prepared``: ``prepare_dataset`` already ran in this call. ``model_id``: the backbone's
-    MLflow LoggedModel, which the metrics are logged against."""
-    from anomalib.loggers import AnomalibMLFlowLogger
+def detect(spec: DetectSpec, backbone: Backbone, dataset: PreparedDataset, out_dir: str | Path,
+           logger=None) -> Detected:
+    """Build, fit and test the detector of ``spec`` on ``backbone`` and ``dataset``. ``logger``: a
+    Lightning logger for the per-epoch curves of detectors that train (the tracker's)."""
     from anomalib.pre_processing import PreProcessor
 
-    d = cfg.dataset
-    if not dataset_prepared:
-        prepare_dataset(d)
-    pre_processor = PreProcessor(transform=input_transform(d.image_size, detector_crop(cfg), backbone.mean, backbone.std))
+    # anomalib v1's PatchCore (the study's) centre-cropped its input; its other detectors did not
+    crop = dataset.crop if spec.center_crop else None
+    pre_processor = PreProcessor(transform=input_transform(dataset.image_size, crop, backbone.mean, backbone.std))
 
     # Seeded right before the first random draw of the stage (random init, PaDiM's channel subset, the
     # students/flows/decoders), so nothing that ran before in this process (another sweep job, the
     # offline ImageNet conversion, timm probing) changes them; the same stream then drives the
     # synthetic validation anomalies and the coreset.
     def build():  # seeded each time: the refit of training-free detectors is the same model again
-        seed_stage(cfg.seed)
+        seed_stage(spec.seed)
         # threshold-free metrics on raw scores; the F1 threshold and the drawn maps' scale come from validation
-        return build_from_config(cfg.detector.model, backbone, pre_processor=pre_processor,
+        return build_from_config(spec.model, backbone, pre_processor=pre_processor,
                                  post_processor=RawScorePostProcessor(), visualizer=NormalisedVisualizer(),
-                                 evaluator=study_evaluator(cfg.detector.aupro_fpr_limit, pixel=dataset_has_masks(d),
-                                                           maps=cfg.detector.anomaly_maps))
+                                 evaluator=study_evaluator(spec.aupro_fpr_limit, pixel=dataset.has_masks,
+                                                           maps=spec.anomaly_maps))
 
     model = build()
-    # a detector's own batch sizes (the study's CFlow and RD configs) over the dataset's
-    batches = {k: cfg.detector[k] for k in ("train_batch_size", "eval_batch_size") if cfg.detector.get(k)}
-    datamodule = hydra.utils.instantiate(d.datamodule, seed=split_seed(cfg.seed), **batches)
-    sel = cfg.detector.get("selection")
-    # anomalib's MLflow logger writes into this stage's run: the per-epoch curves of detectors that train
-    active = mlflow.active_run()
-    logger = (AnomalibMLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=active.info.run_id)
-              if active and sel else None)
+    datamodule = dataset.make_datamodule(split_seed(spec.seed), **spec.batch_sizes)
     record = fit_and_test(
-        model, datamodule, out_dir, dataset_root=d.root,
-        labels={"dataset": d.name, "category": d.category, "backbone": backbone.source, "detector": cfg.detector.name},
-        selection=Selection(sel.monitor, sel.mode, sel.get("patience")) if sel else None,
-        max_epochs=cfg.detector.get("max_epochs", 1), accelerator=cfg.trainer.accelerator,
-        refit=build if cfg.detector.get("fit_on_all_normals", False) else None,
-        log_images=cfg.detector.log_images, verbose=cfg.get("verbose", False), logger=logger,
-        anomaly_textures=anomaly_textures(d))
-    if mlflow.active_run():
-        log_dataset_inputs(f"{d.name}:{d.category}", d.root, {
-            "train": split_files(datamodule.train_data.samples), "test": split_files(datamodule.test_data.samples)})
-        mlflow.log_metrics(record.metrics, model_id=model_id)
-        for path in (record.metrics_csv, record.predictions_csv, record.roc_png):
-            if path:
-                mlflow.log_artifact(str(path))
-        for path in record.images:
-            mlflow.log_artifact(str(path), f"anomaly_maps/{path.parent.name}")
-    return record
+        model, datamodule, out_dir, dataset_root=dataset.root,
+        labels={"dataset": dataset.name, "category": dataset.category, "backbone": backbone.source,
+                "detector": spec.name},
+        selection=spec.selection, max_epochs=spec.max_epochs, accelerator=spec.accelerator,
+        refit=build if spec.fit_on_all_normals else None, log_images=spec.log_images, verbose=spec.verbose,
+        logger=logger, anomaly_textures=dataset.textures)
+    return Detected(record, {"train": split_files(datamodule.train_data.samples),
+                             "test": split_files(datamodule.test_data.samples)})

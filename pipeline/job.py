@@ -9,7 +9,6 @@ import mlflow
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from console.errors import ConfigError
 from console.logs import log
 from detectors.imagenet_offline import ensure_imagenet_export
 from evaluation.metrics import HEADLINE
@@ -18,44 +17,42 @@ from pipeline.config import (
     check_job,
     config_hash,
     is_multirun,
-    makes_fractal_weights,
     pretrain_hash,
-    seed_stage,
     source_label,
+    stages_to_run,
 )
-from pipeline.detect import detect, prepare_dataset, resolve_backbone, upstream_run_id
-from pipeline.generate import generate
-from pipeline.pretrain import check_objective_config, pretrain
+from pipeline.detect import backbone_from_config, detect, detect_spec, prepare_dataset, upstream_run_id
+from pipeline.generate import GenerateSpec, generate, generate_spec
+from pipeline.pretrain import PretrainSpec, pretrain, pretrain_spec
 from pipeline.provenance import backbone_model_id, code_version
 from pipeline.shared_backbone import shared_fractal_backbone
 from pipeline.sweep import SWEEP_RUN_ENV
 
 
-def train_fractal_backbone(cfg: DictConfig, out_dir: Path, tags: dict) -> tuple[Path | None, str | None]:
+def train_fractal_backbone(cfg: DictConfig, generating: GenerateSpec, pretraining: PretrainSpec | None,
+                           out_dir: Path, tags: dict) -> tuple[Path | None, str | None]:
     """The generate and pretrain stages; returns the export folder and the pretrain run id."""
-    generated = export_dir = run_id = None
-    if "generate" in cfg.stages:
-        seed_stage(cfg.seed)  # IFS sampling draws from its own seeded generator; the preview too
-        with tracking.stage_run("generate", cfg, groups=("fractal",), tags=tags):
-            generated = generate(cfg, out_dir / "fractals")
-    if "pretrain" in cfg.stages:
-        if generated is None:
-            raise ConfigError("the pretrain stage needs the generate stage in the same call: "
-                              "stages=[generate,pretrain,...]")
-        seed_stage(cfg.seed)  # model init, data order, crops, MixUp
-        with tracking.stage_run("pretrain", cfg, groups=("fractal", "pretrain", "optim", "backbone", "trainer"),
-                                tags=tags, system_metrics=cfg.mlflow.system_metrics) as run:
-            export_dir = pretrain(cfg, generated.bank, out_dir / "pretrain", generated.bank_path).export_dir
-            run_id = run.info.run_id
-    return export_dir, run_id
+    with tracking.stage_run("generate", cfg, groups=("fractal",), tags=tags):
+        generated = generate(generating, out_dir / "fractals")
+        tracking.log_generate(generated)
+    if pretraining is None:
+        return None, None
+    with tracking.stage_run("pretrain", cfg, groups=("fractal", "pretrain", "optim", "backbone", "trainer"),
+                            tags=tags, system_metrics=cfg.mlflow.system_metrics) as run:
+        record = pretrain(pretraining, generated.bank, generated.family, out_dir / "pretrain", generated.bank_path,
+                          logger=tracking.lightning_logger())
+        tracking.log_pretrain(record, cfg)
+    return record.export_dir, run.info.run_id
 
 
 def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     """Run the configured stages under one parent MLflow run; return the detect metrics."""
     check_job(cfg)
-    trains = makes_fractal_weights(cfg)  # generate and pretrain here, or weights from elsewhere
-    if trains and "pretrain" in cfg.stages:
-        check_objective_config(cfg)
+    stages = stages_to_run(cfg)
+    # each stage's settings, checked before anything starts
+    generating = generate_spec(cfg) if "generate" in stages else None
+    pretraining = pretrain_spec(cfg) if "pretrain" in stages else None
+    detecting = detect_spec(cfg) if "detect" in stages else None
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
@@ -64,6 +61,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     if cfg.backbone.get("offline_import"):  # converted before the tags: the arm is named by its digest
         ensure_imagenet_export(cfg.backbone.weights)
     sweep_run_id = os.environ.get(SWEEP_RUN_ENV)
+    trains = generating is not None
     tags = {"backbone": source_label(cfg), "arch": cfg.backbone.arch, "detector": cfg.detector.name,
             "dataset": cfg.dataset.name, "category": cfg.dataset.category, "seed": str(cfg.seed),
             "config_hash": config_hash(cfg), "pretrain_hash": pretrain_hash(cfg), "code_version": code_version(),
@@ -77,27 +75,24 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     with mlflow.start_run(run_name=tracking.run_name(cfg),
                           parent_run_id=sweep_run_id, tags={**tags, "stage": "pipeline"}):
         mlflow.log_text(resolved, "config.yaml")
-        if "detect" in cfg.stages:
-            prepare_dataset(cfg.dataset)  # a wrong dataset fails here, not after a pre-training
-        # fractal weights are made here unless an export was given; other backbones skip to detect
-        if trains:
+        # a wrong dataset fails here, not after a pre-training
+        dataset = prepare_dataset(cfg.dataset) if detecting else None
+        if trains:  # fractal weights are made here unless an export was given
             reuse = is_multirun() if cfg.pretrain.reuse == "auto" else cfg.pretrain.reuse
-            train = lambda: train_fractal_backbone(cfg, out_dir, tags)  # noqa: E731
+            train = lambda: train_fractal_backbone(cfg, generating, pretraining, out_dir, tags)  # noqa: E731
             export_dir, pretrain_run_id = shared_fractal_backbone(cfg, train) if reuse else train()
-        if "detect" in cfg.stages:
-            # detect seeds itself right before building the detector (pipeline/detect.py)
+        if detecting:
             pretrain_run_id = upstream_run_id(cfg.backbone.get("weights")) or pretrain_run_id
             upstream = {"pretrain_run_id": pretrain_run_id} if pretrain_run_id else {}
             model_id = backbone_model_id(pretrain_run_id)  # the fractal export's LoggedModel, if any
             with tracking.stage_run("detect", cfg, groups=("backbone", "detector", "dataset", "trainer"),
                                     tags={**tags, **upstream}):
-                if model_id:
-                    mlflow.set_tag("backbone_model_id", model_id)
-                backbone = resolve_backbone(cfg.backbone, export_dir, out_dir)
-                mlflow.set_tags({"weights": backbone.weights, "normalization": cfg.backbone.normalization})
-                mlflow.log_params({"input_mean": str(backbone.mean), "input_std": str(backbone.std),
-                                   "weights_origin": backbone.weights})  # e.g. timm hub timm/<arch>.<tag>
-                metrics = detect(cfg, backbone, out_dir / "detect", dataset_prepared=True, model_id=model_id).metrics
+                backbone = backbone_from_config(cfg.backbone, export_dir, out_dir)
+                tracking.log_backbone(backbone, cfg.backbone.normalization, model_id)
+                curves = tracking.anomalib_logger() if detecting.selection else None  # detectors that train
+                detected = detect(detecting, backbone, dataset, out_dir / "detect", logger=curves)
+                tracking.log_detect(detected, dataset, model_id)
+            metrics = detected.record.metrics
             mlflow.log_metrics({k: metrics[k] for k in HEADLINE if k in metrics})
             row = pd.DataFrame([{**tags, **metrics}]).reindex(columns=["backbone", "detector", "category", *HEADLINE])
             log.info("\n" + row.to_string(index=False, float_format="{:.3f}".format, na_rep="-") + "\n")

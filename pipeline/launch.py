@@ -13,9 +13,9 @@ from omegaconf import DictConfig
 
 from console.errors import ConfigError
 from detectors.imagenet_offline import ensure_imagenet_export
-from pipeline.config import is_multirun, makes_fractal_weights, seed_stage
-from pipeline.generate import sample_configured_bank
-from pipeline.pretrain import pretrain
+from pipeline.config import is_multirun, makes_fractal_weights
+from pipeline.generate import generate_spec, sample_systems
+from pipeline.pretrain import pretrain, pretrain_spec
 
 
 def is_secondary_rank() -> bool:
@@ -29,11 +29,9 @@ def is_secondary_rank() -> bool:
 def join_pretraining(cfg: DictConfig) -> None:
     """A secondary rank: sample the same fractal bank as rank 0 (a pure function of seed and config),
     then train alongside it. Rank 0 alone writes files, talks to MLflow, exports and runs detection."""
-    bank = sample_configured_bank(cfg)
-    # ranks started by torchrun/SLURM are not seeded by Lightning (only its own launcher passes
-    # PL_GLOBAL_SEED on); seed as rank 0 does right before its pretrain stage
-    seed_stage(cfg.seed)
-    pretrain(cfg, bank, Path(cfg.paths.output_dir) / "pretrain")
+    generating = generate_spec(cfg)
+    # the stage seeds itself, as on rank 0 (ranks started by torchrun/SLURM are not seeded by Lightning)
+    pretrain(pretrain_spec(cfg), sample_systems(generating), generating.family, Path(cfg.paths.output_dir) / "pretrain")
 
 
 def check_launch(cfg: DictConfig) -> None:

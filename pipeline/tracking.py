@@ -1,4 +1,7 @@
-"""MLflow bookkeeping shared by all stages: one parent run per pipeline call, one nested run per stage.
+"""The tracker: everything the pipeline records in MLflow. One parent run per pipeline call, one
+nested run per stage; the stages compute and return records, and the functions here log them (and
+hand Lightning's and anomalib's loggers the stage's run). No other module of the pipeline decides
+what is logged.
 
 Runs are opened with ``mlflow.start_run`` as a context manager, which ends them FAILED when an
 exception (KeyboardInterrupt and SystemExit included) leaves the block: no run is left RUNNING.
@@ -14,7 +17,8 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from console.logs import stage_header
-from pipeline.config import source_label
+from pipeline import provenance
+from pipeline.config import pretrain_hash, source_label
 
 # Marks the experiment as model training, not GenAI. MLflow 3.x's UI reads this tag to choose the
 # experiment's view; 3.17.2's UI-wide "GenAI | Model training" switch (default GenAI: an empty
@@ -98,3 +102,66 @@ def stage_run(stage: str, cfg: DictConfig, groups: tuple[str, ...] = (), tags: M
         mlflow.log_params(params)
         mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
         yield run
+
+
+def lightning_logger():
+    """Lightning's MLflow logger on the active stage run (curves, the learning rate), or False
+    outside a run (DDP ranks other than 0, tests that call a stage alone)."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    active = mlflow.active_run()
+    return MLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=active.info.run_id) if active else False
+
+
+def anomalib_logger():
+    """anomalib's MLflow logger on the active stage run (per-epoch curves of detectors that train), or None."""
+    from anomalib.loggers import AnomalibMLFlowLogger
+
+    active = mlflow.active_run()
+    return AnomalibMLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=active.info.run_id) if active else None
+
+
+def log_generate(record) -> None:
+    """The generate stage's figures, its stored systems and the preview grid."""
+    mlflow.log_metrics(record.metrics)
+    mlflow.log_artifact(str(record.bank_path), "fractals")
+    mlflow.log_artifact(str(record.preview_path), "fractals")
+
+
+def log_pretrain(record, cfg: DictConfig) -> None:
+    """The pretrain stage's figures, its first batch, the export (``pretrain.log_export``) and the
+    backbone as a LoggedModel linked to this run (the Models view lists it with the detect metrics
+    it reached)."""
+    if not record.is_global_zero:
+        return
+    run_id = mlflow.active_run().info.run_id
+    mlflow.log_metrics(record.metrics, step=record.global_step)
+    if record.sample_grid:
+        mlflow.log_artifact(str(record.sample_grid), "samples")
+    if cfg.pretrain.log_export:
+        mlflow.log_artifacts(str(record.export_dir), "backbone")
+    provenance.log_backbone_model(run_id, cfg.backbone.arch, {
+        "pretrain_hash": pretrain_hash(cfg), "code_version": provenance.code_version(), "seed": str(cfg.seed)},
+        logged_export=bool(cfg.pretrain.log_export))
+
+
+def log_backbone(backbone, normalization: str, model_id: str | None) -> None:
+    """Which weights the detector ran on, and how its inputs were normalised."""
+    if model_id:
+        mlflow.set_tag("backbone_model_id", model_id)
+    mlflow.set_tags({"weights": backbone.weights, "normalization": normalization})
+    mlflow.log_params({"input_mean": str(backbone.mean), "input_std": str(backbone.std),
+                       "weights_origin": backbone.weights})  # e.g. timm hub timm/<arch>.<tag>
+
+
+def log_detect(detected, dataset, model_id: str | None) -> None:
+    """The detect stage's dataset inputs (the train and test files' digests), metrics (against the
+    backbone's LoggedModel, if any), tables, ROC curves and anomaly maps."""
+    record = detected.record
+    provenance.log_dataset_inputs(f"{dataset.name}:{dataset.category}", dataset.root, detected.split_files)
+    mlflow.log_metrics(record.metrics, model_id=model_id)
+    for path in (record.metrics_csv, record.predictions_csv, record.roc_png):
+        if path:
+            mlflow.log_artifact(str(path))
+    for path in record.images:
+        mlflow.log_artifact(str(path), f"anomaly_maps/{path.parent.name}")

@@ -71,14 +71,14 @@ def first_batch(cfg, batch: int):
     from torch.utils.data import DataLoader
 
     from fractal_pretrain.fractals.ifs import sample_bank
-    from pipeline.generate import dataset_args
+    from pipeline.generate import generate_spec
     from fractal_pretrain.datamodule import EpochSampler
     from fractal_pretrain.datasets import TRAIN, make_dataset
 
     f, p = cfg.fractal, cfg.pretrain
     bank = sample_bank(f.num_classes, f.systems_per_class, seed=cfg.seed)
     dataset = make_dataset(bank, seed=cfg.seed, renders_per_system=p.renders_per_system, stream=TRAIN,
-                           mean=list(p.mean), std=list(p.std), **dataset_args(f))
+                           mean=list(p.mean), std=list(p.std), **generate_spec(cfg).family)
     loader = iter(DataLoader(dataset, batch_size=batch, drop_last=True, sampler=EpochSampler(len(dataset), cfg.seed)))
     x, y = next(loader)  # numba's first call compiles or loads its cache
     start, cpu = time.perf_counter(), time.process_time()

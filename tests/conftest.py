@@ -56,3 +56,28 @@ def runs_of(tracking_uri: str, experiment: str = "fractal-ad"):
     """All runs of the experiment as a DataFrame (MLflow's own query API)."""
     mlflow.set_tracking_uri(tracking_uri)
     return mlflow.search_runs(experiment_names=[experiment])
+
+
+def run_detect(cfg: DictConfig, backbone, out_dir: Path, logger=None):
+    """The detect stage as the pipeline calls it: its dataset prepared, its spec from the config,
+    ``logger`` for the curves of detectors that train; returns the stage's DetectRecord."""
+    from pipeline.detect import detect, detect_spec, prepare_dataset
+
+    return detect(detect_spec(cfg), backbone, prepare_dataset(cfg.dataset), out_dir, logger).record
+
+
+def run_pretrain(cfg: DictConfig, out_dir: Path):
+    """The generate and pretrain stages as the pipeline calls them, outside MLflow; returns the
+    pretrain record."""
+    from pipeline.generate import generate, generate_spec
+    from pipeline.pretrain import pretrain, pretrain_spec
+
+    generated = generate(generate_spec(cfg), out_dir / "fractals")
+    return pretrain(pretrain_spec(cfg), generated.bank, generated.family, out_dir / "pretrain", generated.bank_path)
+
+
+def datamodule_of(cfg: DictConfig, seed: int = 0):
+    """The configured dataset's anomalib datamodule, as the detect stage builds it."""
+    from pipeline.detect import prepare_dataset
+
+    return prepare_dataset(cfg.dataset).make_datamodule(seed)

@@ -13,13 +13,13 @@ import pytest
 import torch
 from anomalib.engine import Engine
 from anomalib.pre_processing import PreProcessor
-from conftest import compose_config
+from conftest import compose_config, datamodule_of, run_detect
 from lightning.pytorch.callbacks import Callback
 
 from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from detectors.fit import input_transform
 from evaluation.metrics import RawScorePostProcessor, study_evaluator
-from pipeline.detect import build_from_config, detect
+from pipeline.detect import build_from_config, detect_spec
 
 # tests/test_detectors.py's miniature: 64 px, 10 training normals + 2 for validation, 5 test images
 SMALL_DATA = ["dataset.builtin.image_size=64", "dataset.builtin.n_train=12", "dataset.builtin.n_test_good=3",
@@ -52,7 +52,7 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("stfpm")
     cfg = compose_config(out, "detector=stfpm", "detector.max_epochs=1", *SMALL_DATA,
                          data_dir=tmp_path_factory.mktemp("data"))
-    record = detect(cfg, RANDOM, out / "detect")
+    record = run_detect(cfg, RANDOM, out / "detect")
     (checkpoint,) = (out / "detect" / "weights").glob("best-epoch=0*.ckpt")
     return cfg, checkpoint, record
 
@@ -62,7 +62,7 @@ def reload_and_test(cfg, model, checkpoint: Path) -> tuple[Scores, dict]:
     scores = Scores()
     engine = Engine(accelerator="cpu", devices=1, logger=False, callbacks=[scores],
                     default_root_dir=checkpoint.parent.parent / "reload")
-    datamodule = hydra.utils.instantiate(cfg.dataset.datamodule, seed=cfg.seed)
+    datamodule = datamodule_of(cfg, cfg.seed)
     (metrics,) = engine.test(model=model, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
     return scores, metrics
 
@@ -93,7 +93,7 @@ def test_a_fresh_detector_tested_from_the_checkpoint_reports_the_runs_raw_scores
     """The detect stage's route (``Engine.test(ckpt_path=...)``) on a detector built anew, as another
     process would: same scores, thresholds and metrics as the run, every score raw."""
     cfg, checkpoint, record = trained
-    model = build_from_config(cfg.detector.model, RANDOM, pre_processor=pre_processor(cfg),
+    model = build_from_config(detect_spec(cfg).model, RANDOM, pre_processor=pre_processor(cfg),
                               post_processor=RawScorePostProcessor(), visualizer=False,
                               evaluator=study_evaluator(cfg.detector.aupro_fpr_limit))
     assert torch.isnan(model.post_processor.image_threshold)  # nothing fitted before the reload

@@ -11,15 +11,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import hydra
 import numpy as np
 import pytest
-from conftest import compose_config
+from conftest import compose_config, datamodule_of, run_detect
 from PIL import Image
 
 from evaluation.datasets.layouts import DatasetError, validate_layout
 from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
-from pipeline.detect import detect
 
 SIZE = 64
 N_TRAIN, N_TEST_GOOD = 10, 3
@@ -117,7 +115,7 @@ def test_miniature_layout_validates_and_anomalib_loads_it(name, tmp_path):
     root = make(tmp_path / name)
     cfg = dataset_config(tmp_path, name, root)
     validate_layout(name, root, category)
-    datamodule = hydra.utils.instantiate(cfg.dataset.datamodule, seed=0)
+    datamodule = datamodule_of(cfg)
     datamodule.prepare_data()  # VisA: anomalib converts the raw split CSV; nothing may download
     datamodule.setup()
     assert len(datamodule.train_data) + len(datamodule.val_data) == N_TRAIN
@@ -137,7 +135,7 @@ def test_detection_runs_on_each_layout(name, tmp_path):
     root = LAYOUTS[name][0](tmp_path / name)
     cfg = dataset_config(tmp_path, name, root, "detector=padim")
     backbone = Backbone("random", "resnet18", "resnet18", False, IMAGENET_MEAN, IMAGENET_STD, "random init")
-    record = detect(cfg, backbone, tmp_path / "detect")
+    record = run_detect(cfg, backbone, tmp_path / "detect")
     for key in ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO"):
         assert 0.0 <= record.metrics[key] <= 1.0, (key, record.metrics)
     assert (tmp_path / "detect/roc.png").is_file() and record.metrics_csv.is_file()
@@ -159,7 +157,7 @@ def test_missing_root_fails_detect_before_anything_downloads(tmp_path):
     cfg = dataset_config(tmp_path, "visa", tmp_path / "nowhere")
     backbone = Backbone("random", "resnet18", "resnet18", False, IMAGENET_MEAN, IMAGENET_STD, "random init")
     with pytest.raises(DatasetError, match="nowhere does not exist"):
-        detect(cfg, backbone, tmp_path / "detect")
+        run_detect(cfg, backbone, tmp_path / "detect")
     assert not (tmp_path / "nowhere").exists()
 
 

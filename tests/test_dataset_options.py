@@ -11,15 +11,14 @@ import logging
 import shutil
 from pathlib import Path
 
-import hydra
 import pytest
-from conftest import CONF_DIR, compose_config
+from conftest import CONF_DIR, compose_config, datamodule_of, run_detect
 from miniatures import N_BAD, blank_mask, break_image, make_folder, make_mvtec_ad2, make_real_iad
 from test_dataset_layouts import N_TEST_GOOD, N_TRAIN, make_mvtec
 
 from evaluation.datasets.layouts import DATASETS, DatasetError, validate_layout
 from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
-from pipeline.detect import dataset_has_masks, detect, validate_dataset
+from pipeline.detect import dataset_has_masks, validate_dataset
 
 PIXEL = ("pixel_AUROC", "pixel_AUPRO")
 RANDOM = Backbone("random", "resnet18", "resnet18", False, IMAGENET_MEAN, IMAGENET_STD, "random init")
@@ -40,7 +39,7 @@ def folder_config(tmp_path: Path, root: Path, masks: bool = True, *overrides: st
 def loaded(cfg):
     """anomalib's own datamodule, set up as the detect stage sets it up."""
     validate_dataset(cfg.dataset)
-    datamodule = hydra.utils.instantiate(cfg.dataset.datamodule, seed=0)
+    datamodule = datamodule_of(cfg)
     datamodule.setup()
     return datamodule
 
@@ -62,7 +61,7 @@ def test_own_category_in_mvtec_layout_runs(tmp_path):
     root = make_mvtec(tmp_path / "mine", "brick")
     cfg = config(tmp_path, "mvtec", root, "dataset.category=brick", "detector=padim")
     assert validate_layout("mvtec", root, "brick") == root / "brick"
-    record = detect(cfg, RANDOM, tmp_path / "detect")
+    record = run_detect(cfg, RANDOM, tmp_path / "detect")
     for key in ("image_AUROC", *PIXEL):
         assert 0.0 <= record.metrics[key] <= 1.0, (key, record.metrics)
     assert "brick" in record.metrics_csv.read_text()
@@ -115,7 +114,7 @@ def test_folder_with_masks_loads_and_pairs_masks(tmp_path):
 
 def test_folder_detect_with_masks_reports_pixel_metrics(tmp_path):
     cfg = folder_config(tmp_path, make_folder(tmp_path / "parts"), True, "detector=padim")
-    record = detect(cfg, RANDOM, tmp_path / "detect")
+    record = run_detect(cfg, RANDOM, tmp_path / "detect")
     for key in ("image_AUROC", *PIXEL):
         assert 0.0 <= record.metrics[key] <= 1.0, (key, record.metrics)
 
@@ -127,7 +126,7 @@ def test_folder_without_masks_reports_image_metrics_only(tmp_path, caplog):
     datamodule = loaded(cfg)
     assert datamodule.test_data.task == "classification" and len(datamodule.test_data) == N_TEST_GOOD + N_BAD
     with caplog.at_level(logging.WARNING, logger="evaluation.datasets.layouts"):
-        record = detect(cfg, RANDOM, tmp_path / "detect")
+        record = run_detect(cfg, RANDOM, tmp_path / "detect")
     assert 0.0 <= record.metrics["image_AUROC"] <= 1.0 and "image_F1Score" in record.metrics
     assert not [k for k in record.metrics if k.startswith("pixel_")], record.metrics
     header = record.metrics_csv.read_text().splitlines()[0]
@@ -195,7 +194,7 @@ def test_mvtec_ad2_tests_on_the_whole_public_split(tmp_path, monkeypatch):
 
 def test_mvtec_ad2_detect(tmp_path):
     cfg = config(tmp_path, "mvtec_ad2", make_mvtec_ad2(tmp_path / "MVTecAD2"), "detector=padim")
-    record = detect(cfg, RANDOM, tmp_path / "detect")
+    record = run_detect(cfg, RANDOM, tmp_path / "detect")
     for key in ("image_AUROC", *PIXEL):
         assert 0.0 <= record.metrics[key] <= 1.0, (key, record.metrics)
 
@@ -228,7 +227,7 @@ def test_real_iad_loads_the_json_split(tmp_path):
 
 def test_real_iad_detect(tmp_path):
     cfg = config(tmp_path, "real_iad", make_real_iad(tmp_path / "Real-IAD"), "detector=padim")
-    record = detect(cfg, RANDOM, tmp_path / "detect")
+    record = run_detect(cfg, RANDOM, tmp_path / "detect")
     for key in ("image_AUROC", *PIXEL):
         assert 0.0 <= record.metrics[key] <= 1.0, (key, record.metrics)
 

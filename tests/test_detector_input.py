@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 from conftest import CONF_DIR, compose_config
 
-from pipeline.detect import detector_crop
+from pipeline.detect import PreparedDataset, detect_spec
+
+
+
+def detector_crop(cfg):
+    """The centre crop the detect stage gives the detector's input."""
+    return cfg.dataset.crop if detect_spec(cfg).center_crop else None
+
 
 DETECTORS = sorted(p.stem for p in Path(CONF_DIR, "detector").glob("*.yaml"))
 
@@ -49,5 +56,6 @@ def test_cflow_and_reverse_distillation_keep_the_studys_batches_and_stopping(tmp
         cfg = compose_config(tmp_path, "+experiment=study_mvtec", f"detector={name}", "backbone=random",
                              "backbone.arch=resnet18")
         with pytest.raises(RuntimeError, match="stop"):
-            pipeline_detect.detect(cfg, backbone, tmp_path / name, dataset_prepared=True)
+            pipeline_detect.detect(detect_spec(cfg), backbone, PreparedDataset(
+                "mvtec", "bottle", tmp_path, tmp_path, 256, 224, True, None, {}), tmp_path / name)
         assert {k: v for k, v in seen.items() if k.endswith("batch_size")} == batches

@@ -18,11 +18,10 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import CONF_DIR, compose_config
+from conftest import CONF_DIR, compose_config, datamodule_of, run_detect
 
 from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from detectors.layers import resolve_layers
-from pipeline.detect import detect
 
 DETECTORS = sorted(p.stem for p in Path(CONF_DIR, "detector").glob("*.yaml"))
 TRAINED = {"cflow", "fastflow", "reverse_distillation", "stfpm", "cfa"}
@@ -119,9 +118,9 @@ def test_detector_fits_and_tests_on_the_backbone(detector, arch, weights, tmp_pa
     backbone = backbone_of(weights, fractal_export, arch)
     if detector == "reverse_distillation" and not arch.startswith(("resnet", "wide_resnet")):
         with pytest.raises(ValueError, match=f"decoder only for resnet18.*{arch}"):
-            detect(cfg, backbone, out)
+            run_detect(cfg, backbone, out)
         return
-    record = detect(cfg, backbone, out)
+    record = run_detect(cfg, backbone, out)
     check_record(record, detector, out)
     check_predictions(record, Path(cfg.dataset.root) / cfg.dataset.category / "test")
 
@@ -133,6 +132,7 @@ def test_fractal_weights_reach_the_detector(detector, tmp_path, fractal_export):
     from torchvision.transforms.v2 import Resize
 
     from pipeline.detect import build_from_config as build_detector
+    from pipeline.detect import detect_spec
 
     cfg = config(tmp_path, tmp_path, detector)
     target = timm.create_model(f"local-dir:{fractal_export}", pretrained=True).state_dict()["layer1.0.conv1.weight"]
@@ -141,8 +141,8 @@ def test_fractal_weights_reach_the_detector(detector, tmp_path, fractal_export):
         return any(p.shape == target.shape and torch.equal(p, target) for p in model.state_dict().values())
 
     pre = PreProcessor(transform=Resize((64, 64)))
-    assert holds_export(build_detector(cfg.detector.model, backbone_of("fractal", fractal_export), pre_processor=pre))
-    assert not holds_export(build_detector(cfg.detector.model, backbone_of("random", fractal_export), pre_processor=pre))
+    assert holds_export(build_detector(detect_spec(cfg).model, backbone_of("fractal", fractal_export), pre_processor=pre))
+    assert not holds_export(build_detector(detect_spec(cfg).model, backbone_of("random", fractal_export), pre_processor=pre))
 
 
 def test_layer_names_follow_the_backbone_family():
@@ -163,12 +163,10 @@ def test_padim_n_features_follow_the_backbone():
 
 
 def test_unsupported_detector_is_named_with_the_reason(tmp_path, fractal_export):
-    from omegaconf import OmegaConf
-
     from pipeline.detect import build_from_config as build_detector
 
     with pytest.raises(ValueError, match="EfficientAd cannot take a swappable backbone: own PDN teacher"):
-        build_detector(OmegaConf.create({"_target_": "anomalib.models.EfficientAd"}), backbone_of("random", fractal_export))
+        build_detector({"_target_": "anomalib.models.EfficientAd"}, backbone_of("random", fractal_export))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,14 +175,13 @@ def test_unsupported_detector_is_named_with_the_reason(tmp_path, fractal_export)
 
 
 def test_validation_split_comes_from_training_normals_only(tmp_path, data):
-    import hydra
     from anomalib.data.utils.synthetic import SyntheticAnomalyDataset
 
     from evaluation.datasets.builtin import make_builtin_dataset
 
     cfg = config(tmp_path, data, "patchcore")
     make_builtin_dataset(cfg.dataset.root, **cfg.dataset.builtin)
-    datamodule = hydra.utils.instantiate(cfg.dataset.datamodule, seed=0)
+    datamodule = datamodule_of(cfg)
     datamodule.setup()
     assert isinstance(datamodule.val_data, SyntheticAnomalyDataset)
     val = datamodule.val_data.samples
@@ -200,7 +197,7 @@ def test_validation_split_comes_from_training_normals_only(tmp_path, data):
 def test_validation_on_the_test_set_is_refused(tmp_path, data, fractal_export):
     cfg = config(tmp_path, data, "stfpm", "dataset.datamodule.val_split_mode=same_as_test")
     with pytest.raises(ValueError, match="val_split_mode=same_as_test.*test set.*synthetic"):
-        detect(cfg, backbone_of("random", fractal_export), tmp_path / "detect")
+        run_detect(cfg, backbone_of("random", fractal_export), tmp_path / "detect")
 
 
 def test_trained_detector_keeps_the_best_validation_epoch(tmp_path, data, fractal_export):
@@ -208,11 +205,13 @@ def test_trained_detector_keeps_the_best_validation_epoch(tmp_path, data, fracta
     that anomalib's MLflow logger writes into the stage run shows it."""
     import mlflow
 
+    from pipeline import tracking
+
     cfg = config(tmp_path, data, "stfpm", "detector.max_epochs=3", "detector.selection.patience=null")
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     mlflow.set_experiment("epochs")  # not the experiment id an earlier test left active in another store
     with mlflow.start_run() as run:
-        record = detect(cfg, backbone_of("random", fractal_export), tmp_path / "detect")
+        record = run_detect(cfg, backbone_of("random", fractal_export), tmp_path / "detect", tracking.anomalib_logger())
     curve = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_pixel_AUROC")
     per_epoch = [m.value for m in sorted(curve, key=lambda m: m.timestamp)][:3]  # then the selected epoch's, re-validated
     assert len(curve) >= 3 and len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss_epoch")) == 3
@@ -331,14 +330,13 @@ def test_roc_curve_matches_known_values():
 
 MEMORY_SCRIPT = """
 import json, resource
-from conftest import compose_config
+from conftest import compose_config, run_detect
 from pathlib import Path
-from pipeline.detect import resolve_backbone
-from pipeline.detect import detect
+from pipeline.detect import backbone_from_config
 out = Path({out!r})
 cfg = compose_config(out, "backbone=random", "backbone.arch={arch}", "detector=patchcore", "dataset.image_size=128",
                      data_dir=out / "data")
-record = detect(cfg, resolve_backbone(cfg.backbone, None, out), out / "detect")
+record = run_detect(cfg, backbone_from_config(cfg.backbone, None, out), out / "detect")
 print("RESULT", json.dumps({{"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                              "image_AUROC": record.metrics["image_AUROC"]}}))
 """

@@ -46,10 +46,16 @@ def test_unknown_category_lists_the_valid_ones(tiny_config):
     assert set(runs["status"]) == {"FAILED"}
 
 
-def test_invalid_render_size_fails_the_generate_run(tiny_config):
-    runs = failed_runs(tiny_config("fractal.render.size=-1"), ValueError, "render size")
-    assert list(runs[runs["tags.stage"] == "generate"]["status"]) == ["FAILED"]
-    assert "pretrain" not in set(runs["tags.stage"])
+def test_invalid_stage_settings_fail_before_anything_starts(tiny_config, tmp_path):
+    """Each stage's settings are checked when its spec is made, before the first stage: no run opened,
+    no folder written, whichever stage they belong to."""
+    for i, (setting, match) in enumerate((("fractal.render.size=-1", "render size"),
+                                          ("pretrain.batch_size=0", "pretrain.batch_size"),
+                                          ("pretrain.objective.name=mae", "unknown pretrain objective"))):
+        cfg = tiny_config(setting, out_dir=tmp_path / str(i))
+        with pytest.raises(ValueError, match=match):
+            run_pipeline(cfg)
+        assert not (tmp_path / str(i)).exists(), setting
 
 
 def test_invalid_detector_input_size_is_named(tiny_config):

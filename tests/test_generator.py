@@ -31,7 +31,7 @@ from fractal_pretrain.fractals.ifs import (
     sample_singular_values,
 )
 from fractal_pretrain.fractals.render import RenderConfig, derive_key, render, render_key
-from pipeline.generate import dataset_args, generate
+from pipeline.generate import generate, generate_spec
 from fractal_pretrain.datamodule import EpochSampler
 from fractal_pretrain.datasets import (
     PREVIEW,
@@ -497,12 +497,12 @@ def test_every_fractal_config_composes_and_generates(name, tmp_path):
         overrides.append("fractal.systems_per_class=2")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-    rec = generate(cfg, tmp_path)
+    rec = generate(generate_spec(cfg), tmp_path)
     bank = SystemBank.load(rec.bank_path)
     assert bank.family == cfg.fractal.family and bank.meta["fractal"]["num_classes"] == 3
     grid = np.asarray(Image.open(rec.preview_path))
     assert grid.shape == (3 * 32, 8 * 32, 3) and grid.any()
-    data = make_dataset(bank, seed=cfg.seed, renders_per_system=2, stream=TRAIN, **dataset_args(cfg.fractal))
+    data = make_dataset(bank, seed=cfg.seed, renders_per_system=2, stream=TRAIN, **generate_spec(cfg).family)
     x, y = data[0]
     assert x.shape == (3, 32, 32) and y == 0
 
@@ -522,7 +522,7 @@ def test_generate_rejects_bad_family_settings(tmp_path):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         bad = compose(config_name="config", overrides=["fractal=ofdb", "fractal.systems_per_class=2"])
     with pytest.raises(ValueError, match="systems_per_class=1"):
-        generate(bad, tmp_path)
+        generate_spec(bad)
     assert not list(tmp_path.iterdir()), "nothing written before the checks"
 
 

@@ -16,7 +16,7 @@ from conftest import compose_config
 
 from detectors import imagenet_offline as offline
 from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD
-from pipeline.detect import resolve_backbone
+from pipeline.detect import backbone_from_config
 from pipeline.launch import ImportImagenetWeights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,14 +115,14 @@ def test_ensure_converts_once_and_the_backbone_option_resolves_to_it(tmp_path):
     stamp = (first / "model.safetensors").stat().st_mtime_ns
     assert offline.ensure_imagenet_export(cfg.backbone.weights) == first
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp  # not converted again
-    backbone = resolve_backbone(cfg.backbone, None, tmp_path)
+    backbone = backbone_from_config(cfg.backbone, None, tmp_path)
     assert backbone.source == "imagenet" and backbone.arch == "tf_efficientnet_lite0" and backbone.pre_trained
     assert backbone.timm_name == f"local-dir:{first}"
     assert backbone.mean == backbone.std == (0.5, 0.5, 0.5)
     assert offline.ORIGIN in backbone.weights
     # the ImageNet weights keep their own input scaling under the study's `normalization: imagenet`
     cfg.backbone.normalization = "imagenet"
-    assert resolve_backbone(cfg.backbone, None, tmp_path).mean == (0.5, 0.5, 0.5)
+    assert backbone_from_config(cfg.backbone, None, tmp_path).mean == (0.5, 0.5, 0.5)
 
 
 def test_hydra_callback_converts_before_jobs_start(tmp_path):
@@ -134,7 +134,7 @@ def test_hydra_callback_converts_before_jobs_start(tmp_path):
 def test_offline_import_is_refused_for_another_architecture(tmp_path):
     cfg = compose_config(tmp_path, "backbone=imagenet_offline", "backbone.arch=resnet18")
     with pytest.raises(offline.OfflineWeightsError, match="tf_efficientnet_lite0 only"):
-        resolve_backbone(cfg.backbone, None, tmp_path)
+        backbone_from_config(cfg.backbone, None, tmp_path)
 
 
 def test_script_writes_the_export_and_checks_it(tmp_path):

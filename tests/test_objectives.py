@@ -62,13 +62,13 @@ def test_every_detector_takes_the_export_of_every_objective(detector, objective,
     from torchvision.transforms.v2 import Resize
 
     from detectors.backbone import resolve_backbone
-    from pipeline.detect import build_from_config
+    from pipeline.detect import build_from_config, detect_spec
 
     export = exports[objective]
     cfg = compose_config(tmp_path, f"detector={detector}", "backbone.arch=resnet18")
     backbone = resolve_backbone("fractal", "resnet18", "trained", export)
     target = timm.create_model(f"local-dir:{export}", pretrained=True).state_dict()["layer1.0.conv1.weight"]
-    model = build_from_config(cfg.detector.model, backbone, pre_processor=PreProcessor(transform=Resize((64, 64))))
+    model = build_from_config(detect_spec(cfg).model, backbone, pre_processor=PreProcessor(transform=Resize((64, 64))))
     assert any(p.shape == target.shape and torch.equal(p, target) for p in model.state_dict().values())
     assert backbone.mean == (0.2, 0.2, 0.2)  # the pre-training's normalisation travels with the export
 

@@ -101,9 +101,9 @@ def test_export_loads_in_timm_and_anomalib_with_identical_weights(two_runs):
 
 
 def test_different_seed_gives_different_fractals(tiny_config, tmp_path):
-    from pipeline.generate import generate
+    from pipeline.generate import generate, generate_spec
 
-    previews = [generate(tiny_config(f"seed={s}"), tmp_path / str(s)).preview_path.read_bytes() for s in (0, 1)]
+    previews = [generate(generate_spec(tiny_config(f"seed={s}")), tmp_path / str(s)).preview_path.read_bytes() for s in (0, 1)]
     assert previews[0] != previews[1]
 
 
@@ -153,9 +153,9 @@ def test_a_job_gives_the_same_result_alone_and_after_another_job(tmp_path, data_
 
 def test_sweepers_get_a_validation_quantity_never_a_test_metric(two_runs, tiny_config):
     cfgs, metrics, _ = two_runs
-    assert cfgs[0].objective == "val_image_AUROC"
+    assert cfgs[0].sweep_metric == "val_image_AUROC"
     assert 0.0 <= metrics[0]["val_image_AUROC"] <= 1.0
     # PatchCore fits on every training normal; the validation split is made from them too
     assert metrics[0]["fit_images"] == cfgs[0].dataset.builtin.n_train and metrics[0]["val_images"] > 0
-    with pytest.raises(ValueError, match="objective=image_AUROC is not a validation metric.*test set.*val_image_AUROC"):
-        run_pipeline(tiny_config("objective=image_AUROC"))
+    with pytest.raises(ValueError, match="sweep_metric=image_AUROC is not a validation metric.*test set.*val_image_AUROC"):
+        run_pipeline(tiny_config("sweep_metric=image_AUROC"))

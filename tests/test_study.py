@@ -20,7 +20,7 @@ from conftest import CONF_DIR, compose_config
 from hydra import compose, initialize_config_dir
 
 from detectors.layers import feature_layers, resolve_layers
-from pipeline.detect import resolve_backbone
+from pipeline.detect import backbone_from_config
 from pipeline.job import run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def test_efficientnet_lite0_pretrains_on_fractals_and_its_export_loads(tmp_path)
     export = tmp_path / "job/pretrain/backbone"
     meta = json.loads((export / "config.json").read_text())
     assert meta["architecture"] == ARCH and meta["pretrained_cfg"]["mean"] == [0.2] * 3
-    backbone = resolve_backbone(compose_config(tmp_path, f"backbone.arch={ARCH}",
+    backbone = backbone_from_config(compose_config(tmp_path, f"backbone.arch={ARCH}",
                                                f"backbone.weights={export}").backbone, None, tmp_path)
     assert backbone.mean == (0.2, 0.2, 0.2)
     features = timm.create_model(backbone.timm_name, pretrained=True, features_only=True)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, run_detect
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -98,7 +98,7 @@ def test_validation_metrics_come_from_a_fit_without_the_validation_normals(tmp_p
     cfg = compose_config(tmp_path, "detector=patchcore", *SMALL_DATA, data_dir=tmp_path / "data")
     built = spy_on_models(monkeypatch)
     backbone = Backbone("random", "resnet18", "resnet18", False, IMAGENET_MEAN, IMAGENET_STD, "random init")
-    record = pipeline_detect.detect(cfg, backbone, tmp_path / "detect")
+    record = run_detect(cfg, backbone, tmp_path / "detect")
     m = record.metrics
 
     held_out, tested = built  # built twice: validated without the validation normals, then refitted

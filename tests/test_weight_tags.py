@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from detectors.backbone import IMAGENET_MEAN, BackboneError
 from detectors.layers import resolve_layers
-from pipeline.detect import resolve_backbone
+from pipeline.detect import backbone_from_config
 
 
 def study(tmp_path, experiment: str, backbone: str):
@@ -21,23 +21,23 @@ def study(tmp_path, experiment: str, backbone: str):
 
 @pytest.mark.parametrize("experiment", ["study_mvtec", "study_visa"])
 def test_study_imagenet_arm_is_torchvisions_wrn50_and_the_others_share_its_architecture(experiment, tmp_path):
-    imagenet = resolve_backbone(study(tmp_path, experiment, "imagenet").backbone, None, tmp_path)
+    imagenet = backbone_from_config(study(tmp_path, experiment, "imagenet").backbone, None, tmp_path)
     assert imagenet.timm_name == "wide_resnet50_2.tv_in1k" and imagenet.arch == "wide_resnet50_2"
     assert imagenet.weights.startswith("timm hub timm/wide_resnet50_2.tv_in1k")
     assert imagenet.mean == IMAGENET_MEAN
-    random = resolve_backbone(study(tmp_path, experiment, "random").backbone, None, tmp_path)
+    random = backbone_from_config(study(tmp_path, experiment, "random").backbone, None, tmp_path)
     assert random.timm_name == random.arch == "wide_resnet50_2" and not random.pre_trained
 
 
 def test_the_bare_name_is_timms_own_recipe_and_the_origin_says_so(tmp_path):
     cfg = compose_config(tmp_path, "backbone=imagenet", "backbone.arch=wide_resnet50_2", "backbone.allow_download=true")
-    assert resolve_backbone(cfg.backbone, None, tmp_path).weights.startswith("timm hub timm/wide_resnet50_2.racm_in1k")
+    assert backbone_from_config(cfg.backbone, None, tmp_path).weights.startswith("timm hub timm/wide_resnet50_2.racm_in1k")
 
 
 def test_an_unknown_tag_is_refused_with_the_known_ones(tmp_path):
     cfg = compose_config(tmp_path, "backbone=imagenet", "backbone.arch=wide_resnet50_2.tv_in2k")
     with pytest.raises(BackboneError, match=r"tv_in2k.*wide_resnet50_2\.tv_in1k"):
-        resolve_backbone(cfg.backbone, None, tmp_path)
+        backbone_from_config(cfg.backbone, None, tmp_path)
 
 
 def test_a_tagged_name_builds_offline_in_anomalibs_extractor_with_the_resolved_layers():
@@ -59,5 +59,5 @@ def test_fractal_pretraining_under_a_tagged_arch_exports_the_bare_architecture(t
     run_pipeline(compose_config(tmp_path, "backbone.arch=resnet18.tv_in1k", "stages=[generate,pretrain]"))
     export = tmp_path / "job/pretrain/backbone"
     cfg = compose_config(tmp_path, "backbone=fractal", "backbone.arch=resnet18.tv_in1k", f"backbone.weights={export}")
-    backbone = resolve_backbone(cfg.backbone, None, tmp_path)
+    backbone = backbone_from_config(cfg.backbone, None, tmp_path)
     assert backbone.arch == "resnet18" and backbone.mean == (0.2, 0.2, 0.2)
