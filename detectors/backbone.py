@@ -12,7 +12,6 @@ architecture without them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from timm.models import split_model_name_tag
 
 from console.errors import UserError
+from fractal_pretrain.export import read_export
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Backbone", "BackboneError", "resolve_backbone"]
 
@@ -41,25 +41,8 @@ class Backbone:
     weights: str  # human-readable origin of the weights, logged as a tag
 
 
-def load_export_config(export_dir: Path, arch: str) -> dict:
-    """Read an export's config.json, checking it is complete and of the configured architecture."""
-    config = export_dir / "config.json"
-    if not export_dir.is_dir() or not config.is_file():
-        raise BackboneError(f"{export_dir} is not a timm export (no config.json); point backbone.weights "
-                            f"at a folder written by the pretrain stage or timm.models.save_for_hf.")
-    if not any((export_dir / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")):
-        raise BackboneError(f"{export_dir} holds no weights (model.safetensors or pytorch_model.bin); "
-                            f"the export is incomplete, re-run the pretrain stage.")
-    meta = json.loads(config.read_text())
-    if meta.get("architecture") != arch:
-        raise BackboneError(f"incompatible weights: {export_dir} holds a '{meta.get('architecture')}', "
-                            f"but backbone.arch={arch}; set backbone.arch={meta.get('architecture')} "
-                            f"or point backbone.weights at a {arch} export.")
-    return meta
-
-
 def _export_backbone(source: str, arch: str, export_dir: Path, normalization: str) -> Backbone:
-    pcfg = load_export_config(export_dir, arch).get("pretrained_cfg", {})
+    pcfg = read_export(export_dir, arch).get("pretrained_cfg", {})
     missing = [key for key in ("mean", "std") if key not in pcfg]
     if normalization == "trained" and missing:
         # not ImageNet's statistics in their place: the arm would be normalised by another rule than

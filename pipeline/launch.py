@@ -1,9 +1,11 @@
 """Before the jobs: what kind of process this is (DDP rank, sweep job), launch checks, GPU pinning,
-and the Hydra callback that converts the offline ImageNet weights once, before any job starts."""
+and the Hydra callbacks that run before any job folder exists: the outputs folder can be written,
+the offline ImageNet weights are converted once."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -11,7 +13,7 @@ from hydra.experimental.callback import Callback
 from lightning.fabric.utilities.rank_zero import _get_rank
 from omegaconf import DictConfig
 
-from console.errors import ConfigError
+from console.errors import EXIT_USER_ERROR, ConfigError, format_user_error
 from detectors.imagenet_offline import ensure_imagenet_export
 from pipeline.config import is_multirun, makes_fractal_weights
 from pipeline.generate import generate_spec, sample_systems
@@ -72,3 +74,31 @@ class ImportImagenetWeights(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         ensure_imagenet_export(self.export_dir)
+
+
+class CheckOutputs(Callback):
+    """``hydra.callbacks``, first: the outputs folder (``paths.outputs_dir``, where Hydra makes the job
+    folders and MLflow its store) must be a folder this user can write, checked before Hydra makes
+    anything; otherwise the one-block message and exit 2, instead of Hydra's traceback."""
+
+    def __init__(self, outputs_dir: str):
+        self.outputs_dir = Path(outputs_dir)
+
+    def check(self) -> None:
+        try:
+            self.outputs_dir.mkdir(parents=True, exist_ok=True)
+            problem = None if os.access(self.outputs_dir, os.W_OK | os.X_OK) else "is not writable by this user"
+        except OSError as err:
+            problem = f"cannot be made ({err.strerror})"
+        if problem:
+            error = ConfigError(f"paths.outputs_dir={self.outputs_dir} {problem}: job folders, the MLflow store and "
+                                f"the built-in data go there. Point it at a folder you can write: "
+                                f"paths.outputs_dir=/abs/path/to/outputs (or set it once in conf/local/default.yaml).")
+            print(format_user_error(error), file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+
+    def on_run_start(self, config, **kwargs) -> None:
+        self.check()
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.check()

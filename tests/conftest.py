@@ -39,6 +39,17 @@ def compose_config(out_dir: Path, *overrides: str, data_dir: Path | None = None)
         return compose("config", overrides=[*TINY, *paths, *overrides])
 
 
+def pytest_collection_modifyitems(config, items):
+    """GPU paths run where a CUDA device is, and are reported as skipped (``-ra``) where not."""
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device (none here): run on a GPU machine")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """One built-in dataset for the whole session (generated on first use by the detect stage)."""

@@ -4,6 +4,7 @@ the one error type, and the checks of image files (readable, sizes, the train/te
 from __future__ import annotations
 
 import os
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -158,8 +159,29 @@ def check_readable(folder: Path) -> dict[Path, tuple[int, int]]:
     return decode_all(all_images(folder), folder)
 
 
+def check_printable(path: Path) -> None:
+    """anomalib 2.7 stops on any path with a character outside printable ASCII ("Path contains
+    non-printable characters", ``anomalib.data.utils.path``): name the first folder or file that has
+    one, and the fix, before any model work."""
+    parts = Path(path).parts
+    for i, part in enumerate(parts):
+        odd = sorted({c for c in part if not " " <= c <= "~"})
+        if odd:
+            where = Path(*parts[:i + 1])
+            is_file = i == len(parts) - 1 and where.is_file()
+            ascii_name = unicodedata.normalize("NFKD", part).encode("ascii", "ignore").decode() or "data"
+            fix = ("rename the files to ASCII names" if is_file else
+                   f"rename that folder to an ASCII name (mv '{where}' '{where.with_name(ascii_name)}') or copy "
+                   f"the data into one; a symbolic link does not help, anomalib resolves it to this name")
+            raise DatasetError(f"{'File' if is_file else 'Folder'} name {part!r} in {path} has "
+                               f"{', '.join(repr(c) for c in odd)}: anomalib 2.7 reads only paths of printable "
+                               f"ASCII characters. Fix: {fix}.")
+
+
 def decode_all(paths: list[Path], folder: Path) -> dict[Path, tuple[int, int]]:
     """Decode ``paths`` (in parallel); raise on the first unreadable one; return their sizes."""
+    for path in paths:
+        check_printable(path)
     if len(paths) < PARALLEL_MIN_FILES:
         results = [probe(p) for p in paths]
     else:

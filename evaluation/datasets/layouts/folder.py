@@ -10,6 +10,7 @@ from evaluation.datasets.layouts.common import (
     DatasetError,
     all_images,
     check_readable,
+    check_printable,
     check_same_size,
 )
 
@@ -26,6 +27,7 @@ def validate_folder(root: str | Path | None, normal_dir, abnormal_dir, normal_te
     """
     if root is not None:
         root = Path(root).expanduser()
+        check_printable(root)
         if not root.is_dir():
             problem = "is a file, not a folder" if root.exists() else "does not exist"
             raise DatasetError(f"Dataset root {root} {problem} (dataset 'folder'). {WHERE_TO_GET['folder']}")

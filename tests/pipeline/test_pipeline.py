@@ -159,3 +159,28 @@ def test_sweepers_get_a_validation_quantity_never_a_test_metric(two_runs, tiny_c
     assert metrics[0]["fit_images"] == cfgs[0].dataset.builtin.n_train and metrics[0]["val_images"] > 0
     with pytest.raises(ValueError, match="sweep_metric=image_AUROC is not a validation metric.*test set.*val_image_AUROC"):
         run_pipeline(tiny_config("sweep_metric=image_AUROC"))
+
+
+def test_a_backbone_from_mlflow_detects_as_its_export_on_disk(two_runs, tmp_path):
+    """``backbone.weights=runs:/<pretrain run id>`` (the multi-GPU workflow: pre-train once, sweep
+    detectors on the logged export): the detect stage fetches the pretrain run's logged export, names
+    that run as its upstream, and scores exactly as the same export read from disk."""
+    from conftest import compose_config
+
+    from fractal_pretrain.export import export_digest
+
+    cfgs, metrics, runs = two_runs
+    pretrain = runs[(runs["tags.stage"] == "pretrain")].iloc[0]
+    local = Path(cfgs[0].paths.output_dir) / "pretrain" / "backbone"
+    data = Path(cfgs[0].paths.data_dir)
+    store = [f"mlflow.tracking_uri={cfgs[0].mlflow.tracking_uri}", "stages=[detect]"]
+    fetched = run_pipeline(compose_config(tmp_path / "a", f"backbone.weights=runs:/{pretrain['run_id']}", *store,
+                                          data_dir=data))
+    on_disk = run_pipeline(compose_config(tmp_path / "b", f"backbone.weights={local}", *store, data_dir=data))
+    assert fetched == {**on_disk, **{k: fetched[k] for k in fetched if k.endswith(("_seconds", "peak_rss_mb"))}}
+    (download,) = (tmp_path / "a" / "job" / "upstream").rglob("model.safetensors")
+    assert export_digest(download.parent) == export_digest(local)
+    detects = runs_of(cfgs[0].mlflow.tracking_uri)
+    detects = detects[(detects["tags.stage"] == "detect") & detects["tags.weights"].str.contains("upstream", na=False)]
+    assert list(detects["tags.pretrain_run_id"]) == [pretrain["run_id"]]
+    assert set(detects["tags.backbone_model_id"]) != {None}  # the pretrain run's LoggedModel

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = ("console", "fractal_pretrain", "evaluation", "detectors")
 GLUE = ("pipeline", "hydra_plugins", "scripts", "run.py")
 CONFIG_AND_TRACKING = ("hydra", "omegaconf", "mlflow")

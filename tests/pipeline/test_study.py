@@ -23,7 +23,7 @@ from detectors.layers import feature_layers, resolve_layers
 from pipeline.detect import backbone_from_config
 from pipeline.job import run_pipeline
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ARCH = "tf_efficientnet_lite0"  # the offline ImageNet weights' architecture, shared by every arm
 DETECTORS = sorted(p.stem for p in Path(CONF_DIR, "detector").glob("*.yaml"))
 # efficientnet_lite0's feature layers by stride; ResNet's layerN plays the stride-2**(N+1) role

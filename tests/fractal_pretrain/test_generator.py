@@ -44,7 +44,7 @@ from fractal_pretrain.datasets import (
     preview_grid,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 SMALL = RenderConfig(size=32, n_points=4000, patch=True, blur_p=0.5)
 GREY = RenderConfig(size=48, n_points=20_000, color=False, flip=False, blur_p=0.0)

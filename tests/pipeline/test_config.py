@@ -21,15 +21,17 @@ GROUP_OPTIONS = [(g.name, p.stem) for g in sorted(Path(CONF_DIR).iterdir()) if g
 
 
 def readme_commands() -> list[list[str]]:
-    """Every `python run.py ...` command the README shows, as its arguments."""
-    text = re.sub(r"\\\n\s*", " ", (Path(CONF_DIR).parent / "README.md").read_text())  # joined continuations
+    """Every `python run.py ...` command the README and the docs/ pages show, as its arguments."""
+    root = Path(CONF_DIR).parent
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    text = re.sub(r"\\\n\s*", " ", "\n".join(p.read_text() for p in pages))  # joined continuations
     commands = [shlex.split(m.group(1), comments=True) for m in re.finditer(r"python run\.py([^`\n]*)", text)]
     return [args for args in commands if "..." not in args and not any("<" in a for a in args)]
 
 
 @pytest.mark.parametrize("args", readme_commands(), ids=" ".join)
 def test_every_command_in_the_readme_composes(args, tmp_path):
-    """The README stays true: each command it shows composes (a sweep: with each swept key's first value)."""
+    """The README and docs stay true: each command they show composes (a sweep: with each swept key's first value)."""
     overrides = [o for o in args if o != "-m"]
     if "-m" in args:  # a sweep's comma lists (not a list value like stages=[a,b]): the first value
         overrides = [o if "=[" in o else o.split(",")[0] for o in overrides]
@@ -39,7 +41,10 @@ def test_every_command_in_the_readme_composes(args, tmp_path):
     for override in overrides:
         key, _, value = override.lstrip("+").partition("=")
         if "." in key and not key.startswith("hydra"):  # a value override arrives as written
-            assert str(OmegaConf.select(cfg, key)) == value.strip("[]").replace(",", ", ") or value.startswith("["), override
+            composed = OmegaConf.select(cfg, key)
+            written = value.strip("[]").replace(",", ", ")
+            assert (str(composed).lower() if isinstance(composed, bool) else str(composed)) == written \
+                or value.startswith("["), override
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

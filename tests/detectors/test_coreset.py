@@ -175,7 +175,7 @@ def test_a_process_that_exits_during_a_selection_exits_cleanly(tmp_path):
         "assert not selection.done()\n"
         "sys.exit(3)\n")
     from pathlib import Path
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, text=True, timeout=120,
                           env={**__import__("os").environ, "PYTHONPATH": str(root)})
     assert done.returncode == 3, done.stderr[-2000:]

@@ -19,7 +19,7 @@ from detectors.backbone import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.detect import backbone_from_config
 from pipeline.launch import ImportImagenetWeights
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # the script as a module (scripts/ is not a package): its functions and thresholds
 script = SimpleNamespace(**runpy.run_path(str(ROOT / "scripts/import_imagenet_weights.py")))
 

@@ -351,7 +351,7 @@ def test_patchcore_peak_memory_stays_under_4gb(arch, tmp_path):
     nothing per iteration, so no setting is needed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT.format(out=str(tmp_path), arch=arch)],  # imports conftest
-                          cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
     print(f"\npeak RSS {arch}: {result['maxrss_mb']:.0f} MB")

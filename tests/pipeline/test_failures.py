@@ -14,6 +14,7 @@ from evaluation.datasets.layouts import DatasetError
 from console.errors import EXIT_USER_ERROR, ConfigError, UserError
 from detectors.backbone import BackboneError
 from detectors.imagenet_offline import OfflineWeightsError
+from fractal_pretrain.export import ExportError, read_export, write_export
 from pipeline.job import run_pipeline
 from run import ROOT
 
@@ -78,8 +79,41 @@ def test_incompatible_weights_are_named(tiny_config, tmp_path):
 
     export = tmp_path / "export"
     timm.models.save_for_hf(timm.create_model("resnet34", num_classes=2), str(export), safe_serialization=True)
-    with pytest.raises(BackboneError, match="incompatible weights.*resnet34"):
+    with pytest.raises(ExportError, match="incompatible weights.*resnet34"):
         run_pipeline(tiny_config(f"backbone.weights={export}", "stages=[detect]"))
+
+
+def test_an_export_cut_short_is_named_with_the_fix(tiny_config, tmp_path):
+    """A backbone export whose weights file was cut short (an interrupted copy) is a user error that
+    says so, not safetensors' traceback; the detect run ends FAILED. The whole file loads."""
+    import timm
+
+    cfg = tiny_config(f"backbone.weights={tmp_path / 'export'}", "stages=[detect]")
+    export = write_export(timm.create_model(cfg.backbone.arch), tmp_path / "export", [0.2] * 3, [0.5] * 3, {})
+    whole = (export / "model.safetensors").read_bytes()
+    read_export(export, cfg.backbone.arch)  # complete: accepted
+    (export / "model.safetensors").write_bytes(whole[: len(whole) // 2])
+    runs = failed_runs(cfg, ExportError, r"model.safetensors is cut short: .* bytes where its header describes "
+                                         r".*interrupted copy.*Copy the export again")
+    assert set(runs["status"]) == {"FAILED"}
+    (export / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ExportError, match="not a readable safetensors file"):
+        read_export(export, cfg.backbone.arch)
+
+
+def test_an_outputs_folder_that_cannot_be_made_is_a_user_error(tmp_path, capsys):
+    """paths.outputs_dir where no folder can be made: the one-block message and exit 2, checked by
+    the first Hydra callback before Hydra makes a job folder."""
+    from pipeline.launch import CheckOutputs
+
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        CheckOutputs(str(tmp_path / "a_file" / "outputs")).on_run_start(None)
+    assert exit_.value.code == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("Error (ConfigError):") and "paths.outputs_dir=" in err and "cannot be made" in err
+    CheckOutputs(str(tmp_path / "fine" / "outputs")).on_multirun_start(None)  # makes it, says nothing
+    assert (tmp_path / "fine" / "outputs").is_dir() and not capsys.readouterr().err
 
 
 def test_layers_absent_from_the_backbone_are_named(tiny_config):
@@ -132,6 +166,14 @@ def test_user_error_prints_one_block_and_no_traceback(tmp_path):
     # the traceback is kept in the run's log file
     (log_file,) = tmp_path.glob("runs/*/run.log")
     assert "Traceback" in log_file.read_text() and "DatasetError" in log_file.read_text()
+
+
+@pytest.mark.slow
+def test_outputs_folder_error_from_the_command_line(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    proc = run_py(*TINY, f"paths.outputs_dir={tmp_path}/a_file/outputs", cwd=tmp_path)
+    assert proc.returncode == EXIT_USER_ERROR and "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stderr.startswith("Error (ConfigError):") and "paths.outputs_dir=" in proc.stderr
 
 
 @pytest.mark.slow

@@ -57,7 +57,7 @@ def test_every_private_touch_in_the_code_is_listed():
     import re
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     listed = {n.partition(":")[0] for n in PRIVATE} | {n.split("#")[0].replace(":", ".") for n in PRIVATE}
     found = set()
     for path in [*root.glob("[a-z]*/**/*.py"), root / "run.py"]:

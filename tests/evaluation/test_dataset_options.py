@@ -266,3 +266,35 @@ def test_real_iad_category_and_resolution_are_checked(tmp_path):
         validate_dataset(config(tmp_path, "real_iad", root, "dataset.datamodule.resolution=128").dataset)
     with pytest.raises(DatasetError, match=r"(?s)nowhere does not exist.*REAL-IAD/Real-IAD"):
         validate_dataset(config(tmp_path, "real_iad", tmp_path / "nowhere").dataset)
+
+
+def test_a_folder_name_anomalib_cannot_read_is_refused_up_front_with_a_fix_that_works(tmp_path):
+    """anomalib 2.7 stops on any path outside printable ASCII ("Path contains non-printable
+    characters"), and resolves symbolic links first, so a link under an ASCII name does not help. The
+    layout check names the folder, the character and the fix; the fix it gives (the folder renamed)
+    loads."""
+    from anomalib.data import Folder
+
+    root = make_folder(tmp_path / "prüfteile")
+
+    def anomalib_folder(path):
+        return Folder(name="parts", root=path, normal_dir="good", abnormal_dir="defect",
+                      normal_test_dir="good_test", mask_dir="masks", num_workers=0)
+
+    with pytest.raises(ValueError, match="non-printable"):  # what anomalib itself does with it
+        anomalib_folder(root).setup()
+    (tmp_path / "link").symlink_to(root, target_is_directory=True)
+    with pytest.raises(ValueError, match="non-printable"):  # ... also through a link
+        anomalib_folder(tmp_path / "link").setup()
+    with pytest.raises(DatasetError, match=r"Folder name 'prüfteile'.*'ü'.*mv '.*prüfteile' '.*prufteile'"):
+        validate_dataset(folder_config(tmp_path, f"'{root}'").dataset)  # quoted: Hydra's override grammar
+    root.rename(tmp_path / "prufteile")
+    datamodule = loaded(folder_config(tmp_path, tmp_path / "prufteile"))
+    assert len(datamodule.train_data) + len(datamodule.val_data) == N_TRAIN
+
+
+def test_an_image_file_name_anomalib_cannot_read_is_named(tmp_path):
+    root = make_folder(tmp_path / "parts")
+    (root / "good" / "000.png").rename(root / "good" / "prüf_000.png")
+    with pytest.raises(DatasetError, match=r"File name 'prüf_000.png'.*rename the files to ASCII names"):
+        validate_dataset(folder_config(tmp_path, root).dataset)
