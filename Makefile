@@ -36,5 +36,5 @@ bench-generator: $(STAMP) ## fractal renderer throughput, one JSON line per sett
 mlflow-ui: $(STAMP) ## open the MLflow UI on the project's store (http://127.0.0.1:5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db
 
-clean: ## delete run outputs (MLflow store, generated data, Hydra folders)
-	rm -rf outputs multirun .numba_cache
+clean: ## delete run outputs (MLflow store, generated data, Hydra folders); outputs/README.md stays
+	find outputs -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +; rm -rf multirun .numba_cache
