@@ -45,6 +45,8 @@ PRIVATE = (
     "anomalib.models.image.cfa.anomaly_map:AnomalyMapGenerator",
     "anomalib.models.image.cfa.loss:CfaLoss",
     "anomalib.models.components:DynamicBufferMixin",
+    # pipeline/launch.py: Lightning's own reading of the process's rank from the environment
+    "lightning.fabric.utilities.rank_zero:_get_rank",
     # hydra_plugins/fractal_ad_sweeper: the basic sweeper it extends, and the two methods it overrides
     "hydra._internal.core_plugins.basic_sweeper:BasicSweeper._parse_config",
     "hydra._internal.core_plugins.basic_sweeper:BasicSweeper.split_arguments",
