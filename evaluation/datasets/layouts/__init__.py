@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evaluation.datasets.layouts.common import DATASETS, WHERE_TO_GET, DatasetError, check_printable
+from evaluation.datasets.layouts.common import DATASETS, DatasetError, dataset_root
 from evaluation.datasets.layouts.folder import FOLDER_KEYS, validate_folder
 from evaluation.datasets.layouts.mvtec import validate_mvtec
 from evaluation.datasets.layouts.mvtec_ad2 import validate_mvtec_ad2
@@ -63,11 +63,7 @@ def validate_layout(name: str, root: str | Path, category: str) -> Path:
             f"Set dataset.category to one of them."
         )
 
-    root = Path(root).expanduser()
-    check_printable(root)
-    if not root.is_dir():
-        problem = "is a file, not a folder" if root.exists() else "does not exist"
-        raise DatasetError(f"Dataset root {root} {problem} (dataset {name!r}). {WHERE_TO_GET[name]}")
+    root = dataset_root(root, name)
 
     if name == "visa":
         return validate_visa(root, category)

@@ -159,6 +159,17 @@ def check_readable(folder: Path) -> dict[Path, tuple[int, int]]:
     return decode_all(all_images(folder), folder)
 
 
+def dataset_root(root: str | Path, name: str) -> Path:
+    """``dataset.root`` of dataset ``name`` as a folder that exists and anomalib can read, or the error
+    that says where to get the data."""
+    root = Path(root).expanduser()
+    check_printable(root)
+    if not root.is_dir():
+        problem = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DatasetError(f"Dataset root {root} {problem} (dataset {name!r}). {WHERE_TO_GET[name]}")
+    return root
+
+
 def check_printable(path: Path) -> None:
     """anomalib 2.7 stops on any path with a character outside printable ASCII ("Path contains
     non-printable characters", ``anomalib.data.utils.path``): name the first folder or file that has

@@ -6,12 +6,11 @@ from pathlib import Path
 
 from evaluation.datasets.layouts.common import (
     IMAGE_EXTENSIONS,
-    WHERE_TO_GET,
     DatasetError,
     all_images,
     check_readable,
-    check_printable,
     check_same_size,
+    dataset_root,
 )
 
 FOLDER_KEYS = ("normal_dir", "abnormal_dir", "normal_test_dir", "mask_dir")
@@ -26,11 +25,7 @@ def validate_folder(root: str | Path | None, normal_dir, abnormal_dir, normal_te
     like it (``<stem>.png`` or ``<stem>_mask.png``, same sub-folders) and no mask may be left over.
     """
     if root is not None:
-        root = Path(root).expanduser()
-        check_printable(root)
-        if not root.is_dir():
-            problem = "is a file, not a folder" if root.exists() else "does not exist"
-            raise DatasetError(f"Dataset root {root} {problem} (dataset 'folder'). {WHERE_TO_GET['folder']}")
+        root = dataset_root(root, "folder")
     for key, value, why in (("normal_dir", normal_dir, "the normal training images"),
                             ("abnormal_dir", abnormal_dir, "the anomalous test images; without them image AUROC "
                                                            "is undefined")):

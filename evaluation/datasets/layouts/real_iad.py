@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evaluation.datasets.layouts.common import DATASETS, WHERE_TO_GET, DatasetError, check_same_size, decode_all
+from evaluation.datasets.layouts.common import DATASETS, DatasetError, check_same_size, dataset_root, decode_all
 
 REAL_IAD_RESOLUTIONS = ("256", "512", "1024", "raw")
 
@@ -23,10 +23,7 @@ def validate_real_iad(root: str | Path, category: str, resolution: str | int = 2
     if resolution not in REAL_IAD_RESOLUTIONS:
         raise DatasetError(f"dataset.datamodule.resolution={resolution!r} is not a Real-IAD resolution; use one "
                            f"of {', '.join(REAL_IAD_RESOLUTIONS)} (the realiad_<resolution>/ folder you have).")
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        problem = "is a file, not a folder" if root.exists() else "does not exist"
-        raise DatasetError(f"Dataset root {root} {problem} (dataset 'real_iad'). {WHERE_TO_GET['real_iad']}")
+    root = dataset_root(root, "real_iad")
     folder = root / f"realiad_{resolution}" / category
     if not folder.is_dir():
         present = sorted(p.name for p in root.iterdir() if p.is_dir())
