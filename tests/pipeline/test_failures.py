@@ -180,7 +180,7 @@ def test_outputs_folder_error_from_the_command_line(tmp_path):
 def test_hydra_full_error_still_shows_the_traceback(tmp_path):
     proc = run_py(*MISSING_MVTEC, f"paths.outputs_dir={tmp_path}", cwd=tmp_path, HYDRA_FULL_ERROR="1")
     assert proc.returncode != 0
-    assert "Traceback" in proc.stderr and "evaluation.datasets.layouts.DatasetError: Dataset root /nonexistent" in proc.stderr
+    assert "Traceback" in proc.stderr and f"{DatasetError.__module__}.DatasetError: Dataset root /nonexistent" in proc.stderr
     assert set(runs_of(f"sqlite:///{tmp_path}/mlflow.db")["status"]) == {"FAILED"}
 
 
