@@ -12,12 +12,14 @@ import os
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from console import logs
 from evaluation import report
 from pipeline import tracking
+from evaluation.metrics import HEADLINE
 from pipeline.report import collect
 
 SWEEP_RUN_ENV = "FRACTAL_AD_SWEEP_RUN_ID"
@@ -54,6 +56,7 @@ class SweepTracking(Callback):
                 client = mlflow.MlflowClient()
                 for path in paths.values():
                     client.log_artifact(self.run_id, str(path), "report")
+                log_arm_figures(client, self.run_id, pd.read_csv(paths["summary"]))
                 print("\n" + paths["markdown"].read_text())
                 print(report.closing_lines(paths, config.mlflow.tracking_uri))
             except Exception as err:  # the jobs' own runs are complete; say why the report is not
@@ -66,3 +69,22 @@ class SweepTracking(Callback):
             mlflow.MlflowClient().set_terminated(self.run_id, status)
             self.run_id = None
             os.environ.pop(SWEEP_RUN_ENV, None)
+
+
+def log_arm_figures(client: mlflow.MlflowClient, run_id: str, table: pd.DataFrame) -> None:
+    """Each arm's headline figures (mean over seeds) on the sweep's parent run, named
+    ``<metric>/<backbone>/<detector>`` (then the dataset, architecture and recipe hash, as far as
+    needed to tell the sweep's arms apart): the collapsed sweep row in the MLflow UI then answers
+    the question."""
+    keys = ["backbone", "detector"]
+    for extra in ("dataset", "arch", "pretrain_hash"):  # only as far as needed to tell arms apart
+        if not table.duplicated(keys).any():
+            break
+        keys.append(extra)
+    for _, arm in table.iterrows():
+        name = "/".join(str(arm[k]) for k in keys)
+        figures = {f"{metric}/{name}": arm[f"{metric}_mean"] for metric in HEADLINE
+                   if pd.notna(arm.get(f"{metric}_mean"))}
+        figures[f"seeds/{name}"] = arm["seeds"]
+        for key, value in figures.items():
+            client.log_metric(run_id, key, float(value))

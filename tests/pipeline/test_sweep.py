@@ -68,6 +68,13 @@ def test_report_table_matches_the_jobs_metrics(sweep):
     client = __import__("mlflow").MlflowClient(f"sqlite:///{out}/mlflow.db")
     (sweep_id,) = runs[runs["tags.stage"] == "sweep"]["run_id"]
     assert {a.path for a in client.list_artifacts(sweep_id, "report")} >= {"report/summary.md", "report/comparison.png"}
+    # the collapsed sweep row carries each arm's headline figures: the summary's means over seeds
+    figures = client.get_run(sweep_id).data.metrics
+    for _, row in summary.iterrows():
+        name = f"{row['backbone']}/{row['detector']}"
+        assert figures[f"image_AUROC/{name}"] == pytest.approx(row["image_AUROC_mean"])
+        assert figures[f"pixel_AUPRO/{name}"] == pytest.approx(row["pixel_AUPRO_mean"])
+        assert figures[f"seeds/{name}"] == row["seeds"]
 
 
 def test_compare_script_rebuilds_the_report_from_the_store(sweep, tmp_path):
