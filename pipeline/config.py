@@ -102,13 +102,14 @@ def check_job(cfg: DictConfig) -> None:
     unknown = [s for s in cfg.stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"unknown stages {unknown}; choose from {list(STAGES)}")
-    if not stages_to_run(cfg):
+    stages = stages_to_run(cfg)
+    if not stages:
         raise ConfigError(
             f"stages={list(cfg.stages)} runs nothing with backbone={cfg.backbone.source}"
             f"{' and backbone.weights set' if cfg.backbone.weights else ''}: generate and pretrain make fractal "
             f"weights only (backbone=fractal without backbone.weights). Add detect (stages=[detect]), or "
             f"use backbone=fractal to pre-train.")
-    if "pretrain" in stages_to_run(cfg) and "generate" not in cfg.stages:
+    if "pretrain" in stages and "generate" not in cfg.stages:
         raise ConfigError("the pretrain stage needs the generate stage in the same call: "
                           "stages=[generate,pretrain,...]")
     if not isinstance(cfg.seed, int) or cfg.seed < 0:

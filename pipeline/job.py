@@ -40,7 +40,7 @@ def train_fractal_backbone(cfg: DictConfig, generating: GenerateSpec, pretrainin
     with tracking.stage_run("pretrain", cfg, groups=("fractal", "pretrain", "optim", "backbone", "trainer"),
                             tags=tags, system_metrics=cfg.mlflow.system_metrics) as run:
         record = pretrain(pretraining, generated.bank, generated.family, out_dir / "pretrain", generated.bank_path,
-                          logger=tracking.lightning_logger())
+                          logger=tracking.stage_logger())
         tracking.log_pretrain(record, cfg)
     return record.export_dir, run.info.run_id
 
@@ -89,7 +89,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
                                     tags={**tags, **upstream}):
                 backbone = backbone_from_config(cfg.backbone, export_dir, out_dir)
                 tracking.log_backbone(backbone, cfg.backbone.normalization, model_id)
-                curves = tracking.anomalib_logger() if detecting.selection else None  # detectors that train
+                curves = tracking.stage_logger(anomalib=True) if detecting.selection else None  # detectors that train
                 detected = detect(detecting, backbone, dataset, out_dir / "detect", logger=curves)
                 tracking.log_detect(detected, dataset, model_id)
             metrics = detected.record.metrics

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import atexit
 import os
+import time
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 from hydra.experimental.callback import Callback
+from mlflow.entities import Metric
 from omegaconf import DictConfig, OmegaConf
 
 from console import logs
@@ -81,10 +83,10 @@ def log_arm_figures(client: mlflow.MlflowClient, run_id: str, table: pd.DataFram
         if not table.duplicated(keys).any():
             break
         keys.append(extra)
+    now, figures = int(time.time() * 1000), {}
     for _, arm in table.iterrows():
         name = "/".join(str(arm[k]) for k in keys)
-        figures = {f"{metric}/{name}": arm[f"{metric}_mean"] for metric in HEADLINE
-                   if pd.notna(arm.get(f"{metric}_mean"))}
+        figures.update({f"{metric}/{name}": arm[f"{metric}_mean"] for metric in HEADLINE
+                        if pd.notna(arm.get(f"{metric}_mean"))})
         figures[f"seeds/{name}"] = arm["seeds"]
-        for key, value in figures.items():
-            client.log_metric(run_id, key, float(value))
+    client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in figures.items()])

@@ -104,21 +104,17 @@ def stage_run(stage: str, cfg: DictConfig, groups: tuple[str, ...] = (), tags: M
         yield run
 
 
-def lightning_logger():
-    """Lightning's MLflow logger on the active stage run (curves, the learning rate), or False
-    outside a run (DDP ranks other than 0, tests that call a stage alone)."""
-    from lightning.pytorch.loggers import MLFlowLogger
+def stage_logger(anomalib: bool = False):
+    """An MLflow logger on the active stage run, for the curves Lightning writes (losses, the learning
+    rate; ``anomalib``: anomalib's subclass, for the per-epoch curves of detectors that train), or
+    False outside a run (DDP ranks other than 0, tests that call a stage alone)."""
+    if anomalib:
+        from anomalib.loggers import AnomalibMLFlowLogger as Logger
+    else:
+        from lightning.pytorch.loggers import MLFlowLogger as Logger
 
     active = mlflow.active_run()
-    return MLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=active.info.run_id) if active else False
-
-
-def anomalib_logger():
-    """anomalib's MLflow logger on the active stage run (per-epoch curves of detectors that train), or None."""
-    from anomalib.loggers import AnomalibMLFlowLogger
-
-    active = mlflow.active_run()
-    return AnomalibMLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=active.info.run_id) if active else None
+    return Logger(tracking_uri=mlflow.get_tracking_uri(), run_id=active.info.run_id) if active else False
 
 
 def log_generate(record) -> None:

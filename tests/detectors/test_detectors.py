@@ -211,7 +211,7 @@ def test_trained_detector_keeps_the_best_validation_epoch(tmp_path, data, fracta
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     mlflow.set_experiment("epochs")  # not the experiment id an earlier test left active in another store
     with mlflow.start_run() as run:
-        record = run_detect(cfg, backbone_of("random", fractal_export), tmp_path / "detect", tracking.anomalib_logger())
+        record = run_detect(cfg, backbone_of("random", fractal_export), tmp_path / "detect", tracking.stage_logger(anomalib=True))
     curve = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_pixel_AUROC")
     per_epoch = [m.value for m in sorted(curve, key=lambda m: m.timestamp)][:3]  # then the selected epoch's, re-validated
     assert len(curve) >= 3 and len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss_epoch")) == 3
