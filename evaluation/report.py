@@ -60,9 +60,11 @@ from evaluation.metrics import HEADLINE, VALIDATION  # noqa: E402
 # order matters: backbone, detector, dataset first (the table reads as "fractal | patchcore | builtin")
 ARM = ["backbone", "detector", "dataset", "arch", "pretrain_hash", "code_version"]
 UNKNOWN = "-"  # runs logged before a tag existed
-BACKBONE_ORDER = ["imagenet", "fractal", "fractal-multilabel", "fractal-simclr", "random"]
+BACKBONE_ORDER = ["imagenet", "fractal", "fractal-multilabel", "fractal-simclr", "dead_leaves", "spectral_noise",
+                  "image_folder", "random"]
 COLOURS = {"imagenet": "#4c72b0", "fractal": "#dd8452", "fractal-multilabel": "#c44e52",
-           "fractal-simclr": "#55a868", "random": "#8c8c8c"}  # same in every report
+           "fractal-simclr": "#55a868", "dead_leaves": "#937860", "spectral_noise": "#da8bc3",
+           "image_folder": "#ccb974", "random": "#8c8c8c"}  # same in every report
 PAIRS = [("fractal", "random"), ("fractal", "imagenet"), ("imagenet", "random")]  # a - b
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE

@@ -35,17 +35,18 @@ from fractal_pretrain.fractals.render import RenderConfig, derive_key, render_ke
 TRAIN, VAL, PREVIEW = 0, 1, 2  # independent random streams over the same systems
 
 
-class RenderedImages(Dataset):
-    """Common part: indexing, keys, uint8 -> normalised float tensor."""
+class UnitImages(Dataset):
+    """Common part of every pre-training source's images: ``renders_per_system`` items per unit of
+    ``bank`` (an IFS system, a procedural class, an image file), indexing, keys, uint8 -> normalised
+    float tensor. ``bank`` needs ``labels`` (the class of each unit), ``len`` and ``class_systems``."""
 
-    def __init__(self, bank: SystemBank, render_cfg: RenderConfig, seed: int,
-                 renders_per_system: int, stream: int = TRAIN,
+    def __init__(self, bank, size: int, seed: int, renders_per_system: int, stream: int = TRAIN,
                  mean: float | tuple = 0.2, std: float | tuple = 0.5):
         if renders_per_system < 1:
             raise ConfigError(f"pretrain.renders_per_system must be >= 1, got {renders_per_system}")
         if len(bank) == 0:
-            raise ValueError("the IFS bank is empty")
-        self.bank, self.render_cfg, self.seed = bank, render_cfg, seed
+            raise ValueError("the source has no units (IFS systems, classes or images)")
+        self.bank, self.size, self.seed = bank, size, seed
         self.renders_per_system, self.stream = renders_per_system, stream
         self.mean = torch.tensor(mean, dtype=torch.float32).expand(3).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).expand(3).view(-1, 1, 1)
@@ -79,6 +80,15 @@ class RenderedImages(Dataset):
     def __getitem__(self, key: int) -> tuple[torch.Tensor, int]:
         img, label = self.render_uint8(key)
         return self.to_tensor(img), label
+
+
+class RenderedImages(UnitImages):
+    """Images rendered from the IFS systems of ``bank`` by ``render_cfg``."""
+
+    def __init__(self, bank: SystemBank, render_cfg: RenderConfig, seed: int, renders_per_system: int,
+                 stream: int = TRAIN, mean: float | tuple = 0.2, std: float | tuple = 0.5):
+        super().__init__(bank, render_cfg.size, seed, renders_per_system, stream, mean, std)
+        self.render_cfg = render_cfg
 
 
 class FractalImages(RenderedImages):
@@ -137,14 +147,14 @@ class TwoViews(Dataset):
     the views. Each view runs under a torch generator forked and seeded from (seed, item, view), so
     the pairs are reproducible whatever the loader workers."""
 
-    def __init__(self, images: RenderedImages, crop_scale: tuple[float, float] = (0.3, 1.0),
+    def __init__(self, images: UnitImages, crop_scale: tuple[float, float] = (0.3, 1.0),
                  color_jitter: float = 0.0):
         from torchvision.transforms import v2
 
         self.images = images
         s = color_jitter
         self.augment = v2.Compose([
-            v2.RandomResizedCrop(images.render_cfg.size, scale=tuple(crop_scale), antialias=True),
+            v2.RandomResizedCrop(images.size, scale=tuple(crop_scale), antialias=True),
             v2.RandomHorizontalFlip(),
             *([v2.RandomApply([v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8)] if s > 0 else []),
         ])
@@ -306,8 +316,13 @@ def preview_grid(bank: SystemBank, render_cfg: RenderConfig, seed: int, per_clas
     data = make_dataset(bank, render_cfg, seed, per_class, PREVIEW, **family)
     if isinstance(data, RenderKeys):  # GPU renderer: preview its CPU twin (same per-render draws)
         data = data.images
+    return class_grid(data, bank.num_classes, per_class, max_classes)
+
+
+def class_grid(data: UnitImages, num_classes: int, per_class: int = 8, max_classes: int = 16) -> np.ndarray:
+    """One row per class (the first ``max_classes``), ``per_class`` of its images: an RGB uint8 mosaic."""
     rows = []
-    for c in range(min(bank.num_classes, max_classes)):
+    for c in range(min(num_classes, max_classes)):
         tiles = []
         for j in range(per_class):
             img, _ = data.render_index(data.index_of(c, j), 0)

@@ -42,28 +42,43 @@ def config_hash(cfg: DictConfig, keys: tuple[str, ...] | None = None) -> str:
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def makes_fractal_weights(cfg: DictConfig) -> bool:
-    """Does this call generate fractals and pre-train, or take its weights from elsewhere? Fractal
-    backbones without ``backbone.weights`` are made here; imagenet/random backbones go straight to detect."""
+def trains_backbone(cfg: DictConfig) -> bool:
+    """Does this call make its source (fractals by default) and pre-train, or take its weights from
+    elsewhere? ``backbone=fractal`` without ``backbone.weights`` trains here, on
+    ``pretrain.source``; imagenet/random backbones go straight to detect."""
     return cfg.backbone.source == "fractal" and not cfg.backbone.weights
 
 
 def source_label(cfg: DictConfig) -> str:
     """The backbone source as runs are tagged and reports compare it: ``fractal``, ``imagenet``,
-    ``random``; fractal weights trained here by another objective than the study's classification
-    name it (``fractal-simclr``), so each objective is its own source in the report."""
+    ``random``; weights trained here on another source name it (``dead_leaves``, ``image_folder``),
+    and by another objective than the study's classification name that too (``fractal-simclr``), so
+    each source and objective is its own arm in the report."""
+    if not trains_backbone(cfg):
+        return cfg.backbone.source
     objective = cfg.pretrain.objective.name
-    return f"fractal-{objective}" if makes_fractal_weights(cfg) and objective != "classification" else cfg.backbone.source
+    source = cfg.pretrain.source.name
+    return source if objective == "classification" else f"{source}-{objective}"
+
+
+def recipe_groups(cfg: DictConfig) -> tuple[str, ...]:
+    """The config groups that define the weights trained here: the ``fractal`` group only when the
+    source is fractals (other sources read what they take from it through interpolation)."""
+    return ("fractal", "pretrain", "optim") if cfg.pretrain.source.name == "fractal" else ("pretrain", "optim")
 
 
 def pretrain_hash(cfg: DictConfig) -> str:
     """The recipe of the backbone's weights, which (with detector and dataset) defines a report arm:
-    the backbone settings (source, arch, weights, normalisation), plus the fractal, pretrain and optim
+    the backbone settings (source, arch, weights, normalisation), plus the source, pretrain and optim
     settings when this call trains the weights. Seeds vary within an arm, so they are left out. Local
-    weights count by their content digest, so the same export found at two paths is one arm."""
+    weights count by their content digest, so the same export found at two paths is one arm. The
+    default source (fractals) is left out of the pretrain group, so fractal arms keep the hashes they
+    had before sources existed."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    groups = ("backbone", "fractal", "pretrain", "optim") if makes_fractal_weights(cfg) else ("backbone",)
+    groups = ("backbone", *recipe_groups(cfg)) if trains_backbone(cfg) else ("backbone",)
     picked = {g: {k: v for k, v in resolved[g].items() if k not in BOOKKEEPING} for g in groups}
+    if picked.get("pretrain", {}).get("source") == {"name": "fractal"}:
+        del picked["pretrain"]["source"]
     weights = picked["backbone"].get("weights")
     if weights and not str(weights).startswith("runs:/"):  # a local export: what it holds, not where
         picked["backbone"]["weights"] = export_digest(weights) or weights
@@ -83,9 +98,9 @@ def is_multirun() -> bool:
 
 
 def stages_to_run(cfg: DictConfig) -> list[str]:
-    """The configured stages this call runs: generate and pretrain only where it makes fractal
-    weights (imagenet/random backbones and given weights go straight to detect)."""
-    return [s for s in cfg.stages if makes_fractal_weights(cfg) or s == "detect"]
+    """The configured stages this call runs: generate and pretrain only where it trains the weights
+    (imagenet/random backbones and given weights go straight to detect)."""
+    return [s for s in cfg.stages if trains_backbone(cfg) or s == "detect"]
 
 
 def check_sweep_metric(metric: str | None) -> None:

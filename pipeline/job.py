@@ -18,6 +18,7 @@ from pipeline.config import (
     config_hash,
     is_multirun,
     pretrain_hash,
+    recipe_groups,
     source_label,
     stages_to_run,
 )
@@ -25,21 +26,22 @@ from pipeline.detect import backbone_from_config, detect, detect_spec, prepare_d
 from pipeline.generate import GenerateSpec, generate, generate_spec
 from pipeline.pretrain import PretrainSpec, pretrain, pretrain_spec
 from pipeline.provenance import backbone_model_id, code_version
-from pipeline.shared_backbone import shared_fractal_backbone
+from pipeline.shared_backbone import shared_trained_backbone
 from pipeline.sweep import SWEEP_RUN_ENV
 
 
-def train_fractal_backbone(cfg: DictConfig, generating: GenerateSpec, pretraining: PretrainSpec | None,
+def train_backbone(cfg: DictConfig, generating: GenerateSpec, pretraining: PretrainSpec | None,
                            out_dir: Path, tags: dict) -> tuple[Path | None, str | None]:
-    """The generate and pretrain stages; returns the export folder and the pretrain run id."""
-    with tracking.stage_run("generate", cfg, groups=("fractal",), tags=tags):
-        generated = generate(generating, out_dir / "fractals")
+    """The generate and pretrain stages (of any source); returns the export folder and the pretrain run id."""
+    fractal = cfg.pretrain.source.name == "fractal"
+    with tracking.stage_run("generate", cfg, groups=("fractal",) if fractal else ("pretrain",), tags=tags):
+        generated = generate(generating, out_dir / ("fractals" if fractal else cfg.pretrain.source.name))
         tracking.log_generate(generated)
     if pretraining is None:
         return None, None
-    with tracking.stage_run("pretrain", cfg, groups=("fractal", "pretrain", "optim", "backbone", "trainer"),
+    with tracking.stage_run("pretrain", cfg, groups=(*recipe_groups(cfg), "backbone", "trainer"),
                             tags=tags, system_metrics=cfg.mlflow.system_metrics) as run:
-        record = pretrain(pretraining, generated.bank, generated.family, out_dir / "pretrain", generated.bank_path,
+        record = pretrain(pretraining, generated.source, out_dir / "pretrain", generated.bank_path,
                           logger=tracking.stage_logger())
         tracking.log_pretrain(record, cfg)
     return record.export_dir, run.info.run_id
@@ -77,10 +79,10 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
         mlflow.log_text(resolved, "config.yaml")
         # a wrong dataset fails here, not after a pre-training
         dataset = prepare_dataset(cfg.dataset) if detecting else None
-        if trains:  # fractal weights are made here unless an export was given
+        if trains:  # weights are made here (fractals by default) unless an export was given
             reuse = is_multirun() if cfg.pretrain.reuse == "auto" else cfg.pretrain.reuse
-            train = lambda: train_fractal_backbone(cfg, generating, pretraining, out_dir, tags)  # noqa: E731
-            export_dir, pretrain_run_id = shared_fractal_backbone(cfg, train) if reuse else train()
+            train = lambda: train_backbone(cfg, generating, pretraining, out_dir, tags)  # noqa: E731
+            export_dir, pretrain_run_id = shared_trained_backbone(cfg, train) if reuse else train()
         if detecting:
             pretrain_run_id = upstream_run_id(cfg.backbone.get("weights")) or pretrain_run_id
             upstream = {"pretrain_run_id": pretrain_run_id} if pretrain_run_id else {}

@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 
 from console.errors import EXIT_USER_ERROR, ConfigError, format_user_error
 from detectors.imagenet_offline import ensure_imagenet_export
-from pipeline.config import is_multirun, makes_fractal_weights
-from pipeline.generate import generate_spec, sample_systems
+from pipeline.config import is_multirun, trains_backbone
+from pipeline.generate import generate_spec, make_source
 from pipeline.pretrain import pretrain, pretrain_spec
 
 
@@ -29,18 +29,18 @@ def is_secondary_rank() -> bool:
 
 
 def join_pretraining(cfg: DictConfig) -> None:
-    """A secondary rank: sample the same fractal bank as rank 0 (a pure function of seed and config),
-    then train alongside it. Rank 0 alone writes files, talks to MLflow, exports and runs detection."""
-    generating = generate_spec(cfg)
+    """A secondary rank: make the same source as rank 0 (fractals: sample the same bank; a pure
+    function of seed and config), then train alongside it. Rank 0 alone writes files, talks to MLflow,
+    exports and runs detection."""
     # the stage seeds itself, as on rank 0 (ranks started by torchrun/SLURM are not seeded by Lightning)
-    pretrain(pretrain_spec(cfg), sample_systems(generating), generating.family, Path(cfg.paths.output_dir) / "pretrain")
+    pretrain(pretrain_spec(cfg), make_source(generate_spec(cfg)), Path(cfg.paths.output_dir) / "pretrain")
 
 
 def check_launch(cfg: DictConfig) -> None:
     """Hydra -m and Lightning's ddp do not mix: ddp re-executes sys.argv, -m included, so every
     rank would start the whole sweep again. Fail before anything starts."""
     strategy = str(cfg.trainer.get("strategy", "auto"))
-    trains = makes_fractal_weights(cfg) and "pretrain" in cfg.stages
+    trains = trains_backbone(cfg) and "pretrain" in cfg.stages
     if is_multirun() and trains and strategy.startswith("ddp") and "spawn" not in strategy:
         raise ConfigError(
             f"trainer.strategy={strategy} cannot pre-train inside a -m sweep (DDP re-executes the "

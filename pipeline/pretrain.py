@@ -1,4 +1,5 @@
-"""Pretrain stage: train a timm backbone on fractals rendered on the fly, export it in timm format.
+"""Pretrain stage: train a timm backbone on its source's images (fractals by default, rendered on the
+fly; fractal_pretrain.sources), export it in timm format.
 
 The export is a ``timm.models.save_for_hf`` folder: ``timm.create_model("local-dir:<dir>",
 pretrained=True)`` and anomalib's ``backbone="local-dir:<dir>"`` load it with no patching. Its
@@ -29,10 +30,9 @@ from console.logs import log
 from console.progress import StepProgress
 from fractal_pretrain.callbacks import FirstBatchAndDataWait, RngState
 from fractal_pretrain.datamodule import FractalDataModule
-from fractal_pretrain.datasets import TRAIN, VAL, MultiInstanceImages, TwoViews, make_dataset
+from fractal_pretrain.datasets import TRAIN, VAL, MultiInstanceImages, TwoViews
 from fractal_pretrain.export import write_export
 from fractal_pretrain.fractals.families import MultiFormulaConfig
-from fractal_pretrain.fractals.ifs import SystemBank
 from fractal_pretrain.model import FractalClassifier, FractalSimCLR
 from pipeline.config import seed_stage
 
@@ -95,9 +95,13 @@ def pretrain_spec(cfg: DictConfig) -> PretrainSpec:
                           f"over {world} processes (trainer.devices x trainer.num_nodes)")
     if name not in OBJECTIVES:
         raise ConfigError(f"unknown pretrain objective {name!r}; choose pretrain/objective= one of {OBJECTIVES}")
-    if name == "multilabel" and cfg.fractal.family != "fractals":
+    source = cfg.pretrain.source.name
+    if name == "multilabel" and (source != "fractal" or cfg.fractal.family != "fractals"):
         raise ConfigError(f"the multilabel objective pastes single fractals of several classes; it needs "
-                          f"fractal.family=fractals, not {cfg.fractal.family!r}")
+                          f"pretrain/source=fractal and fractal.family=fractals, not {source} / {cfg.fractal.family!r}")
+    if source == "image_folder" and cfg.pretrain.source.labels == "none" and name != "simclr":
+        raise ConfigError(f"pretrain.source.labels=none gives the {name} objective no classes to learn; "
+                          f"use pretrain/objective=simclr, or labels: folders with one sub-folder per class")
     if name != "classification" and cfg.fractal.renderer != "cpu":
         raise ConfigError(f"the {name} objective renders on the CPU; set fractal.renderer=cpu")
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -111,16 +115,15 @@ def pretrain_spec(cfg: DictConfig) -> PretrainSpec:
         {key: resolved[key] for key in ("fractal", "pretrain", "optim")})
 
 
-def objective_dataset(spec: PretrainSpec, bank: SystemBank, family: dict, renders_per_system: int, stream: int):
-    """The images the objective trains on: the family's (classification), multi-instance images
-    (multilabel), or two augmented views of each of the family's images (simclr)."""
+def objective_dataset(spec: PretrainSpec, source, renders_per_system: int, stream: int):
+    """The images the objective trains on: the source's (classification), multi-instance images of
+    fractals (multilabel), or two augmented views of each of the source's images (simclr)."""
     objective, mean, std = spec.objective, list(spec.mean), list(spec.std)
     if objective["name"] == "multilabel":
-        images = MultiInstanceImages(bank, family["render_cfg"], spec.seed, renders_per_system, stream, mean, std,
-                                     layout=MultiFormulaConfig(**objective["layout"]))
+        images = MultiInstanceImages(source.bank, source.family["render_cfg"], spec.seed, renders_per_system, stream,
+                                     mean, std, layout=MultiFormulaConfig(**objective["layout"]))
     else:
-        images = make_dataset(bank, seed=spec.seed, renders_per_system=renders_per_system, stream=stream,
-                              mean=mean, std=std, **family)
+        images = source.images(spec.seed, renders_per_system, stream, mean, std)
     if objective["name"] == "simclr":
         return TwoViews(images, tuple(objective["crop_scale"]), objective["color_jitter"])
     return images
@@ -149,15 +152,15 @@ def resume_checkpoint(resume: str | None, ckpt_dir: Path) -> str | None:
                       f"(<job>/pretrain/checkpoints/last.ckpt) or 'auto'.")
 
 
-def pretrain(spec: PretrainSpec, bank: SystemBank, family: dict, out_dir: str | Path,
-             bank_path: str | Path | None = None, logger=False) -> PretrainRecord:
-    """Train ``spec.arch`` from scratch on renders of ``bank`` (as ``family``: the generate record's
-    keywords; ``bank_path``: where that stage stored it, recorded in the export) and export it under
-    ``out_dir/backbone``. ``logger``: a Lightning logger for the curves (the tracker's)."""
+def pretrain(spec: PretrainSpec, source, out_dir: str | Path, bank_path: str | Path | None = None,
+             logger=False) -> PretrainRecord:
+    """Train ``spec.arch`` from scratch on the images of ``source`` (the generate record's;
+    ``bank_path``: where that stage stored what defines it, recorded in the export) and export it
+    under ``out_dir/backbone``. ``logger``: a Lightning logger for the curves (the tracker's)."""
     seed_stage(spec.seed)  # model init, data order, crops, MixUp
     out_dir = Path(out_dir)
-    data = FractalDataModule(objective_dataset(spec, bank, family, spec.renders_per_system, TRAIN),
-                             objective_dataset(spec, bank, family, spec.val_renders_per_system, VAL),
+    data = FractalDataModule(objective_dataset(spec, source, spec.renders_per_system, TRAIN),
+                             objective_dataset(spec, source, spec.val_renders_per_system, VAL),
                              spec.seed, spec.per_device_batch, spec.num_workers, spec.crop_size)
     if len(data.train_set) < spec.batch_size:
         raise ConfigError(f"pretrain.batch_size={spec.batch_size} exceeds the {len(data.train_set)} training "
@@ -172,7 +175,7 @@ def pretrain(spec: PretrainSpec, bank: SystemBank, family: dict, out_dir: str | 
                             dirpath=ckpt_dir, every_n_train_steps=spec.checkpoint_every_n_steps,
                             save_last=True, save_top_k=0),
                                    *([LearningRateMonitor(logging_interval="step")] if logger else [])])
-    module = objective_module(spec, bank.num_classes)
+    module = objective_module(spec, source.num_classes)
     if spec.channels_last:
         # oneDNN's (CPU) and cuDNN's fastest convolutions take NHWC: on 2 CPU cores the main job's
         # bare loop ran 156 img/s vs 129 contiguous, the stage 147 vs 115 (scripts/bench_pretrain.py,

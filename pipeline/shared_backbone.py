@@ -13,21 +13,21 @@ from omegaconf import DictConfig
 
 from console.logs import log
 from pipeline import provenance
-from pipeline.config import config_hash
+from pipeline.config import config_hash, recipe_groups
 
 
-def shared_fractal_backbone(cfg: DictConfig, train: Callable[[], tuple[Path | None, str | None]]
+def shared_trained_backbone(cfg: DictConfig, train: Callable[[], tuple[Path | None, str | None]]
                             ) -> tuple[Path | None, str | None]:
     """Jobs whose weights would be identical share one export (``train()`` returns the export folder
     and the pretrain run id).
 
-    The export is kept under ``outputs/backbones/<hash of fractal, pretrain, optim, arch, trainer, seed>-
+    The export is kept under ``outputs/backbones/<hash of [fractal,] pretrain, optim, arch, trainer, seed>-
     <arch>-<hash of the code version>``; the first job trains it while parallel jobs with the same key
     wait on a lock, then reuse it. The code version is in the key: a backbone trained by other code
     (another commit, other uncommitted changes) is never reused.
     """
     code = provenance.code_version()
-    key = (config_hash(cfg, ("fractal", "pretrain", "optim", "trainer", "seed")) + f"-{cfg.backbone.arch}-"
+    key = (config_hash(cfg, (*recipe_groups(cfg), "trainer", "seed")) + f"-{cfg.backbone.arch}-"
            + hashlib.sha256(code.encode()).hexdigest()[:8])
     shared = Path(cfg.paths.outputs_dir) / "backbones" / key
     with FileLock(shared.with_name(key + ".lock")):

@@ -71,13 +71,19 @@ def scalar_params(cfg: Mapping, prefix: str = "") -> dict[str, str | int | float
 
 def stage_summary(stage: str, cfg: DictConfig) -> str:
     """What a stage is about to do, for its console header."""
+    source = cfg.pretrain.source
     if stage == "generate":
         f = cfg.fractal
+        if source.name == "image_folder":
+            return f"images under {source.root} ({source.labels})"
+        if source.name != "fractal":
+            return f"{source.num_classes} {source.name} classes"
         return f"{f.num_classes} classes x {f.systems_per_class} IFS systems ({f.get('family', 'fractals')})"
     if stage == "pretrain":
         p = cfg.pretrain
+        size = cfg.fractal.render.size if source.name == "fractal" else source.size
         return (f"{cfg.backbone.arch} from scratch, {p.max_steps} steps of {p.batch_size} images "
-                f"({cfg.fractal.render.size} px renders) on {cfg.trainer.accelerator}")
+                f"({size} px {source.name} images) on {cfg.trainer.accelerator}")
     if stage == "detect":
         d = cfg.dataset
         return (f"{cfg.detector.name} on {cfg.backbone.source} {cfg.backbone.arch}, "
@@ -118,10 +124,12 @@ def stage_logger(anomalib: bool = False):
 
 
 def log_generate(record) -> None:
-    """The generate stage's figures, its stored systems and the preview grid."""
+    """The generate stage's figures, what defines its source (the stored systems, classes or image
+    listing) and the preview grid."""
+    folder = "fractals" if record.source.name == "fractal" else record.source.name
     mlflow.log_metrics(record.metrics)
-    mlflow.log_artifact(str(record.bank_path), "fractals")
-    mlflow.log_artifact(str(record.preview_path), "fractals")
+    mlflow.log_artifact(str(record.bank_path), folder)
+    mlflow.log_artifact(str(record.preview_path), folder)
 
 
 def log_pretrain(record, cfg: DictConfig) -> None:

@@ -70,15 +70,13 @@ def first_batch(cfg, batch: int):
     """One batch of the training renders, as the pipeline's loader makes it (and the loader's rate)."""
     from torch.utils.data import DataLoader
 
-    from fractal_pretrain.fractals.ifs import sample_bank
-    from pipeline.generate import generate_spec
+    from pipeline.generate import generate_spec, make_source
     from fractal_pretrain.datamodule import EpochSampler
-    from fractal_pretrain.datasets import TRAIN, make_dataset
+    from fractal_pretrain.datasets import TRAIN
 
-    f, p = cfg.fractal, cfg.pretrain
-    bank = sample_bank(f.num_classes, f.systems_per_class, seed=cfg.seed)
-    dataset = make_dataset(bank, seed=cfg.seed, renders_per_system=p.renders_per_system, stream=TRAIN,
-                           mean=list(p.mean), std=list(p.std), **generate_spec(cfg).family)
+    p = cfg.pretrain
+    source = make_source(generate_spec(cfg))  # fractals, or pretrain/source=...
+    dataset = source.images(cfg.seed, p.renders_per_system, TRAIN, list(p.mean), list(p.std))
     loader = iter(DataLoader(dataset, batch_size=batch, drop_last=True, sampler=EpochSampler(len(dataset), cfg.seed)))
     x, y = next(loader)  # numba's first call compiles or loads its cache
     start, cpu = time.perf_counter(), time.process_time()
@@ -86,7 +84,7 @@ def first_batch(cfg, batch: int):
     for _ in range(5):
         x, y = next(loader)
         n += len(x)
-    return x, y, bank.num_classes, {"img_per_s": n / (time.perf_counter() - start), "cpu_s": time.process_time() - cpu,
+    return x, y, source.num_classes, {"img_per_s": n / (time.perf_counter() - start), "cpu_s": time.process_time() - cpu,
                                     "images": n}
 
 

@@ -84,7 +84,7 @@ def run_pretrain(cfg: DictConfig, out_dir: Path):
     from pipeline.pretrain import pretrain, pretrain_spec
 
     generated = generate(generate_spec(cfg), out_dir / "fractals")
-    return pretrain(pretrain_spec(cfg), generated.bank, generated.family, out_dir / "pretrain", generated.bank_path)
+    return pretrain(pretrain_spec(cfg), generated.source, out_dir / "pretrain", generated.bank_path)
 
 
 def datamodule_of(cfg: DictConfig, seed: int = 0):

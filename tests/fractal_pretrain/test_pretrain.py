@@ -193,12 +193,12 @@ def test_a_secondary_rank_samples_the_bank_rank_zero_stored(tmp_path):
     """DDP ranks > 0 sample the bank themselves (no waiting for rank 0's file): it must be the very
     bank rank 0's generate stage wrote, for every sampler."""
     from fractal_pretrain.fractals.ifs import SystemBank
-    from pipeline.generate import sample_systems
+    from pipeline.generate import make_source
 
     for sampler in ("anderson_farrell", "fractaldb"):
         cfg = compose_config(tmp_path / sampler, f"fractal.sampler={sampler}", "fractal.systems_per_class=2")
         stored = SystemBank.load(generate(generate_spec(cfg), tmp_path / sampler / "fractals").bank_path)
-        mine = sample_systems(generate_spec(cfg))
+        mine = make_source(generate_spec(cfg)).bank
         for field in ("A", "b", "n_maps", "labels"):
             np.testing.assert_array_equal(getattr(mine, field), getattr(stored, field))
 

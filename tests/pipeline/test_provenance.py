@@ -12,7 +12,7 @@ import pytest
 from conftest import runs_of
 
 from pipeline import provenance
-from pipeline.shared_backbone import shared_fractal_backbone
+from pipeline.shared_backbone import shared_trained_backbone
 from pipeline.job import run_pipeline
 
 
@@ -81,7 +81,7 @@ def test_a_backbone_cached_by_other_code_is_not_reused(tiny_config, tmp_path, mo
 
     for version in ("0.1.0+gaaaa", "0.1.0+gaaaa", "0.1.0+gbbbb", "0.1.0+gaaaa"):
         monkeypatch.setattr(provenance, "code_version", lambda v=version: v)
-        shared_fractal_backbone(cfg, train)
+        shared_trained_backbone(cfg, train)
     assert len(trained) == 2  # once per code version; the same version again reuses its own
     cached = sorted((tmp_path / "backbones").glob("*/run.json"))
     assert sorted(json.loads(p.read_text())["code_version"] for p in cached) == ["0.1.0+gaaaa", "0.1.0+gbbbb"]
