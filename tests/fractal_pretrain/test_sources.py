@@ -4,6 +4,8 @@ held-out validation files, clear errors; and each pre-trains through the real st
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -175,3 +177,30 @@ def test_an_image_folder_pretrains_self_supervised_without_labels(tmp_path, phot
     record = run_pretrain(compose_config(tmp_path, *base, "pretrain/objective=simclr"), tmp_path / "run")
     assert record.global_step == 4 and (record.export_dir / "model.safetensors").is_file()
     assert (tmp_path / "run" / "fractals" / "images.json").is_file()
+
+
+def test_a_sources_images_written_to_a_folder_load_back_as_an_image_folder(tmp_path):
+    """scripts/write_source_images.py: one sub-folder per class, PNGs equal to the source's own
+    training renders; the folder then scans as an image_folder source with those classes; bad input
+    exits 2 and writes nothing."""
+    import subprocess
+    import sys
+
+    from conftest import CONF_DIR
+    from pipeline.generate import generate_spec, make_source
+
+    script = Path(CONF_DIR).parent / "scripts" / "write_source_images.py"
+    out = tmp_path / "leaves"
+    overrides = ["pretrain/source=dead_leaves", "fractal.num_classes=3", "fractal.render.size=24", "seed=5"]
+    subprocess.run([sys.executable, str(script), "--out", str(out), "--per-class", "4", *overrides], check=True)
+    assert sorted(p.name for p in out.iterdir()) == ["class_000", "class_001", "class_002"]
+    source = make_source(generate_spec(compose_config(tmp_path, *overrides)))
+    data = source.images(5, 4, TRAIN)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "class_001" / "00002.png")),
+                                  data.render_index(data.index_of(1, 2), 0)[0])
+    folder = FolderSource.scan(out, "folders", 24, 0.25, seed=0)
+    assert folder.classes == ("class_000", "class_001", "class_002") and len(folder.files) == 12
+
+    bad = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "none"), "pretrain/source=image_folder"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "pretrain.source.root" in bad.stderr and not (tmp_path / "none").exists()
