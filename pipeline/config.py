@@ -16,6 +16,7 @@ from console.errors import ConfigError
 from fractal_pretrain.export import export_digest
 from fractal_pretrain.fractals.families import MultiFormulaConfig
 from fractal_pretrain.fractals.render import RenderConfig
+from pipeline import provenance
 
 STAGES = ("generate", "pretrain", "detect")
 
@@ -59,15 +60,26 @@ def source_label(cfg: DictConfig) -> str:
 def pretrain_hash(cfg: DictConfig) -> str:
     """The recipe of the backbone's weights, which (with detector and dataset) defines a report arm:
     the backbone settings (source, arch, weights, normalisation), plus the fractal, pretrain and optim
-    settings when this call trains the weights. Seeds vary within an arm, so they are left out. Local
-    weights count by their content digest, so the same export found at two paths is one arm."""
+    settings when this call trains the weights. Seeds vary within an arm, so they are left out. Given
+    weights count by their content digest, so the same export found at two paths, or named by
+    ``runs:/``, ``models:/<id>`` and ``models:/<name>/<version>``, is one arm."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     groups = ("backbone", "fractal", "pretrain", "optim") if makes_fractal_weights(cfg) else ("backbone",)
     picked = {g: {k: v for k, v in resolved[g].items() if k not in BOOKKEEPING} for g in groups}
     weights = picked["backbone"].get("weights")
-    if weights and not str(weights).startswith("runs:/"):  # a local export: what it holds, not where
-        picked["backbone"]["weights"] = export_digest(weights) or weights
+    if weights:  # an export: what it holds, not where (a folder, runs:/ or models:/ naming it)
+        picked["backbone"]["weights"] = weights_identity(str(weights))
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def weights_identity(weights: str) -> str:
+    """What ``backbone.weights`` holds, for the arm: an export's weights digest (a folder on disk, or
+    the digest its LoggedModel records for MLflow URIs); else the pretrain run (``runs:/<id>``) of
+    runs logged before models carried a digest, or the value as written (hub weights, a missing folder)."""
+    upstream = provenance.upstream_backbone(weights)  # None unless runs:/ or models:/
+    if upstream is not None:
+        return upstream.digest or f"runs:/{upstream.run_id}"
+    return export_digest(weights) or weights
 
 
 def seed_stage(seed: int) -> None:
