@@ -16,6 +16,7 @@ from console.errors import ConfigError
 from fractal_pretrain.export import export_digest
 from fractal_pretrain.fractals.families import MultiFormulaConfig
 from fractal_pretrain.fractals.render import RenderConfig
+from pipeline import provenance
 
 STAGES = ("generate", "pretrain", "detect")
 
@@ -70,19 +71,30 @@ def recipe_groups(cfg: DictConfig) -> tuple[str, ...]:
 def pretrain_hash(cfg: DictConfig) -> str:
     """The recipe of the backbone's weights, which (with detector and dataset) defines a report arm:
     the backbone settings (source, arch, weights, normalisation), plus the source, pretrain and optim
-    settings when this call trains the weights. Seeds vary within an arm, so they are left out. Local
-    weights count by their content digest, so the same export found at two paths is one arm. The
-    default source (fractals) is left out of the pretrain group, so fractal arms keep the hashes they
-    had before sources existed."""
+    settings when this call trains the weights. Seeds vary within an arm, so they are left out. Given
+    weights count by their content digest, so the same export found at two paths, or named by
+    ``runs:/``, ``models:/<id>`` and ``models:/<name>/<version>``, is one arm. The default source
+    (fractals) is left out of the pretrain group, so fractal arms keep the hashes they had before
+    sources existed."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     groups = ("backbone", *recipe_groups(cfg)) if trains_backbone(cfg) else ("backbone",)
     picked = {g: {k: v for k, v in resolved[g].items() if k not in BOOKKEEPING} for g in groups}
     if picked.get("pretrain", {}).get("source") == {"name": "fractal"}:
         del picked["pretrain"]["source"]
     weights = picked["backbone"].get("weights")
-    if weights and not str(weights).startswith("runs:/"):  # a local export: what it holds, not where
-        picked["backbone"]["weights"] = export_digest(weights) or weights
+    if weights:  # an export: what it holds, not where (a folder, runs:/ or models:/ naming it)
+        picked["backbone"]["weights"] = weights_identity(str(weights))
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def weights_identity(weights: str) -> str:
+    """What ``backbone.weights`` holds, for the arm: an export's weights digest (a folder on disk, or
+    the digest its LoggedModel records for MLflow URIs); else the pretrain run (``runs:/<id>``) of
+    runs logged before models carried a digest, or the value as written (hub weights, a missing folder)."""
+    upstream = provenance.upstream_backbone(weights)  # None unless runs:/ or models:/
+    if upstream is not None:
+        return upstream.digest or f"runs:/{upstream.run_id}"
+    return export_digest(weights) or weights
 
 
 def seed_stage(seed: int) -> None:

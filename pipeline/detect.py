@@ -24,7 +24,7 @@ from evaluation.datasets.textures import write_fractal_textures
 from evaluation.metrics import RawScorePostProcessor, study_evaluator
 from evaluation.plots import NormalisedVisualizer
 from pipeline.config import seed_stage
-from pipeline.provenance import split_files
+from pipeline.provenance import Upstream, split_files, upstream_backbone
 
 
 @dataclass(frozen=True)
@@ -81,29 +81,24 @@ def detect_spec(cfg: DictConfig) -> DetectSpec:
         cfg.trainer.accelerator, bool(cfg.get("verbose", False)))
 
 
-def fetch_mlflow_export(run_id: str, dst: Path) -> Path:
-    """Download the ``backbone`` artifact folder of a pretrain run."""
+def fetch_mlflow_export(upstream: Upstream, dst: Path) -> Path:
+    """Download the export a pretrain run logged (its ``backbone`` artifact folder, as its LoggedModel's
+    ``weights`` tag names it)."""
     try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="backbone",
-                                                        dst_path=str(dst)))
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=upstream.weights_uri, dst_path=str(dst)))
     except Exception as err:  # mlflow raises several types for a missing run or artifact
-        raise BackboneError(f"could not fetch the backbone of MLflow run {run_id}: {err}. Check the run "
-                            f"id in the MLflow UI, and that its pretrain stage logged the export "
-                            f"(pretrain.log_export=true).") from err
-
-
-def upstream_run_id(weights) -> str | None:
-    """The pretrain run of ``backbone.weights=runs:/<run id>[/...]``; None for other weights."""
-    weights = str(weights or "")
-    return weights.removeprefix("runs:/").split("/")[0] if weights.startswith("runs:/") else None
+        raise BackboneError(f"could not fetch the backbone of MLflow run {upstream.run_id} "
+                            f"({upstream.weights_uri}): {err}. Check the run id in the MLflow UI, and that "
+                            f"its pretrain stage logged the export (pretrain.log_export=true).") from err
 
 
 def backbone_from_config(b: DictConfig, fractal_export: Path | None, work_dir: Path) -> Backbone:
     """The ``backbone`` group -> what the detector needs. ``fractal_export`` is the export of this
-    call's pretrain stage, if it ran; ``backbone.weights=runs:/<id>`` fetches a pretrain run's export."""
+    call's pretrain stage, if it ran; ``backbone.weights=runs:/<id>`` or ``models:/...`` fetches the
+    export a pretrain run logged."""
     weights = b.get("weights")
-    if run_id := upstream_run_id(weights):
-        weights = fetch_mlflow_export(run_id, work_dir / "upstream")
+    if upstream := upstream_backbone(weights):
+        weights = fetch_mlflow_export(upstream, work_dir / "upstream")
     if b.source == "fractal" and not weights:
         weights = fractal_export
     return resolve(b.source, b.arch, b.normalization, weights, allow_download=bool(b.get("allow_download")),

@@ -22,10 +22,10 @@ from pipeline.config import (
     source_label,
     stages_to_run,
 )
-from pipeline.detect import backbone_from_config, detect, detect_spec, prepare_dataset, upstream_run_id
+from pipeline.detect import backbone_from_config, detect, detect_spec, prepare_dataset
 from pipeline.generate import GenerateSpec, generate, generate_spec
 from pipeline.pretrain import PretrainSpec, pretrain, pretrain_spec
-from pipeline.provenance import backbone_model_id, code_version
+from pipeline.provenance import backbone_model_id, code_version, upstream_backbone
 from pipeline.shared_backbone import shared_trained_backbone
 from pipeline.sweep import SWEEP_RUN_ENV
 
@@ -84,9 +84,11 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
             train = lambda: train_backbone(cfg, generating, pretraining, out_dir, tags)  # noqa: E731
             export_dir, pretrain_run_id = shared_trained_backbone(cfg, train) if reuse else train()
         if detecting:
-            pretrain_run_id = upstream_run_id(cfg.backbone.get("weights")) or pretrain_run_id
+            given = upstream_backbone(cfg.backbone.get("weights"))  # runs:/ or models:/ weights
+            pretrain_run_id = given.run_id if given else pretrain_run_id
             upstream = {"pretrain_run_id": pretrain_run_id} if pretrain_run_id else {}
-            model_id = backbone_model_id(pretrain_run_id)  # the fractal export's LoggedModel, if any
+            # the fractal export's LoggedModel, if any
+            model_id = given.model_id if given else backbone_model_id(pretrain_run_id)
             with tracking.stage_run("detect", cfg, groups=("backbone", "detector", "dataset", "trainer"),
                                     tags={**tags, **upstream}):
                 backbone = backbone_from_config(cfg.backbone, export_dir, out_dir)

@@ -9,8 +9,10 @@ source files>`` when the code is not a git checkout (a pip install, a CI copy). 
 is part of the report's arm and of the shared-backbone key.
 
 ``log_dataset_inputs`` records the files a detect run fitted and tested on as MLflow dataset inputs;
-``log_backbone_model`` / ``backbone_model_id`` make a fractal export an MLflow LoggedModel that the
-detect runs using it log their metrics against.
+``log_backbone_model`` / ``backbone_model_id`` make a fractal export an MLflow LoggedModel (its
+recipe and input statistics as params, its weights' digest as a tag) that the detect runs using it
+log their metrics against; ``upstream_backbone`` resolves ``backbone.weights=runs:/...`` and
+``models:/...`` back to that pretrain run and model.
 """
 
 from __future__ import annotations
@@ -22,15 +24,20 @@ import os
 import subprocess
 import warnings
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+
+from console.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "fractal-ad"
 # what decides the numbers: the packages and the configs (tests, docs and scripts do not)
 SOURCES = ("fractal_pretrain", "detectors", "evaluation", "pipeline", "console", "hydra_plugins", "conf", "run.py")
 SUFFIXES = {".py", ".yaml"}
+MODEL_TYPE = "timm backbone"  # the LoggedModels of fractal exports
+NOT_LOGGED = "not logged (pretrain.log_export=false)"
 
 
 def _git(*args: str) -> str | None:
@@ -111,14 +118,20 @@ def log_dataset_inputs(name: str, root: str | Path, splits: Mapping[str, Iterabl
     return digests
 
 
-def log_backbone_model(run_id: str, arch: str, tags: Mapping[str, str], logged_export: bool) -> str:
-    """The fractal export as an MLflow LoggedModel (listed in the Models view) whose source is its
-    pretrain run ``run_id``. The weights stay where the detect stage fetches them, the run's
-    ``backbone`` artifact (``weights`` tag): not stored twice (the study's WRN50 export is ~270 MB)."""
+def log_backbone_model(run_id: str, name: str, tags: Mapping[str, str], params: Mapping[str, str],
+                       logged_export: bool, register_as: str | None = None) -> str:
+    """The export as an MLflow LoggedModel ``name`` (listed in the Models view) whose source is its
+    pretrain run ``run_id``: ``params`` its recipe and input statistics, ``tags`` what identifies it.
+    The weights stay where the detect stage fetches them, the run's ``backbone`` artifact (``weights``
+    tag): not stored twice (the study's WRN50 export is ~270 MB). ``register_as``: also a new version
+    of that registered model (``models:/<name>/<version>``)."""
     model = mlflow.initialize_logged_model(
-        name=f"fractal-{arch.split('.')[0]}", source_run_id=run_id, model_type="timm backbone",
-        tags={**tags, "weights": f"runs:/{run_id}/backbone" if logged_export else "not logged (pretrain.log_export=false)"})
+        name=name, source_run_id=run_id, model_type=MODEL_TYPE, params=dict(params),
+        tags={**tags, "weights": f"runs:/{run_id}/backbone" if logged_export else NOT_LOGGED})
     mlflow.finalize_logged_model(model.model_id, "READY")
+    if register_as:
+        version = mlflow.register_model(f"models:/{model.model_id}", register_as)
+        mlflow.set_tag("registered_model", f"models:/{version.name}/{version.version}")
     return model.model_id
 
 
@@ -133,3 +146,91 @@ def backbone_model_id(pretrain_run_id: str | None) -> str | None:
     models = mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list",
                                          filter_string=f"source_run_id = '{pretrain_run_id}'")
     return models[0].model_id if models else None
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A fractal export logged by an earlier pretrain run, as ``backbone.weights`` names it."""
+    run_id: str  # the pretrain run
+    model_id: str | None  # its LoggedModel (None: a run logged before models were)
+    digest: str | None  # the export's weights digest (fractal_pretrain.export.export_digest), if recorded
+    weights_uri: str  # where MLflow holds the export: the pretrain run's ``backbone`` artifact folder
+
+
+def upstream_backbone(weights) -> Upstream | None:
+    """``runs:/<pretrain run id>[/...]``, ``models:/<model id>`` or ``models:/<registered name>/<version>``
+    -> the pretrain run and LoggedModel behind it; None for other weights (a folder, hub weights).
+    Resolved with MLflow's own API in the current tracking store; a models:/ URI that names no fractal
+    export there raises ConfigError with the fix."""
+    weights = str(weights or "")
+    if weights.startswith("runs:/"):
+        run_id = weights.removeprefix("runs:/").split("/")[0]
+        model_id = backbone_model_id(run_id)
+        model = mlflow.get_logged_model(model_id) if model_id else None
+        return Upstream(run_id, model_id, model.tags.get("weights_digest") if model else None,
+                        f"runs:/{run_id}/backbone")
+    if not weights.startswith("models:/"):
+        return None
+    model = fractal_export_model(_logged_model_id(weights), weights)
+    return Upstream(model.source_run_id, model.model_id, model.tags.get("weights_digest"), model.tags["weights"])
+
+
+def _logged_model_id(uri: str) -> str:
+    """The LoggedModel id a ``models:/`` URI names: ``models:/<id>`` itself, or the id behind a
+    registered model version."""
+    parts = uri.removeprefix("models:/").strip("/").split("/")
+    uri_help = ("backbone.weights takes models:/<model id> (m-..., the Models view of the experiment) or "
+                "models:/<registered name>/<version>")
+    if len(parts) == 1 and parts[0].startswith("m-"):
+        return parts[0]
+    client = mlflow.MlflowClient()
+    name = parts[0]
+    if len(parts) == 1:
+        try:
+            versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+        except mlflow.exceptions.MlflowException:
+            versions = []
+        if versions:
+            raise ConfigError(f"backbone.weights={uri} names the registered model '{name}' without a version; "
+                              f"add one: backbone.weights=models:/{name}/{versions[-1]} (its versions: "
+                              f"{', '.join(map(str, versions))}).")
+        raise ConfigError(f"backbone.weights={uri}: no logged model id or registered model '{name}' in the "
+                          f"tracking store {mlflow.get_tracking_uri()}. {uri_help}; check mlflow.tracking_uri.")
+    if len(parts) != 2:
+        raise ConfigError(f"backbone.weights={uri} is not a model URI this pipeline reads; {uri_help}.")
+    try:
+        version = client.get_model_version(name, parts[1])
+    except mlflow.exceptions.MlflowException as err:
+        raise ConfigError(f"backbone.weights={uri}: the tracking store {mlflow.get_tracking_uri()} has no "
+                          f"version {parts[1]} of a registered model '{name}' ({err.message}). {uri_help}; "
+                          f"the registered models and their versions are in the MLflow UI's Models page.") from err
+    source = version.model_id or (version.source.removeprefix("models:/")
+                                  if str(version.source).startswith("models:/m-") else None)
+    if not source:
+        raise ConfigError(f"backbone.weights={uri}: registered version {parts[1]} of '{name}' is not a "
+                          f"logged model (its source is {version.source}): not a fractal export of this "
+                          f"pipeline. Register the LoggedModel a pretrain run logged "
+                          f"(mlflow.register_backbone=<name>), or use backbone.weights=runs:/<pretrain run id>.")
+    return source
+
+
+def fractal_export_model(model_id: str, uri: str):
+    """The LoggedModel ``model_id``, checked to be a fractal export whose weights were logged."""
+    try:
+        model = mlflow.get_logged_model(model_id)
+    except mlflow.exceptions.MlflowException as err:
+        raise ConfigError(f"backbone.weights={uri}: no logged model '{model_id}' in the tracking store "
+                          f"{mlflow.get_tracking_uri()}. Copy the id from the experiment's Models view "
+                          f"(m-...), and check mlflow.tracking_uri points at the store the pretrain run "
+                          f"logged to.") from err
+    if model.model_type != MODEL_TYPE or not model.source_run_id:
+        raise ConfigError(f"backbone.weights={uri}: logged model '{model.name}' ({model_id}, type "
+                          f"{model.model_type!r}) is not a fractal backbone export of this pipeline. Use a "
+                          f"model a pretrain run logged (named <source>-<arch>, type {MODEL_TYPE!r}), or a "
+                          f"timm export folder: backbone.weights=/abs/path/to/export.")
+    if not str(model.tags.get("weights", "")).startswith("runs:/"):
+        raise ConfigError(f"backbone.weights={uri}: the pretrain run {model.source_run_id} of model "
+                          f"{model_id} did not log its export (pretrain.log_export=false), so MLflow has "
+                          f"no weights for it. Use the export folder it wrote (backbone.weights="
+                          f"/abs/path/to/<job>/pretrain/backbone), or pre-train again with pretrain.log_export=true.")
+    return model

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import mlflow
 from omegaconf import DictConfig, OmegaConf
+from timm.models import split_model_name_tag
 
 from console.logs import stage_header
+from fractal_pretrain.export import export_digest, read_export
 from pipeline import provenance
-from pipeline.config import pretrain_hash, source_label
+from pipeline.config import pretrain_hash, recipe_groups, source_label
 
 # Marks the experiment as model training, not GenAI. MLflow 3.x's UI reads this tag to choose the
 # experiment's view; 3.17.2's UI-wide "GenAI | Model training" switch (default GenAI: an empty
@@ -135,7 +137,7 @@ def log_generate(record) -> None:
 def log_pretrain(record, cfg: DictConfig) -> None:
     """The pretrain stage's figures, its first batch, the export (``pretrain.log_export``) and the
     backbone as a LoggedModel linked to this run (the Models view lists it with the detect metrics
-    it reached)."""
+    it reached; ``mlflow.register_backbone``: also registered under that name)."""
     if not record.is_global_zero:
         return
     run_id = mlflow.active_run().info.run_id
@@ -144,9 +146,33 @@ def log_pretrain(record, cfg: DictConfig) -> None:
         mlflow.log_artifact(str(record.sample_grid), "samples")
     if cfg.pretrain.log_export:
         mlflow.log_artifacts(str(record.export_dir), "backbone")
-    provenance.log_backbone_model(run_id, cfg.backbone.arch, {
-        "pretrain_hash": pretrain_hash(cfg), "code_version": provenance.code_version(), "seed": str(cfg.seed)},
-        logged_export=bool(cfg.pretrain.log_export))
+    name = f"{source_label(cfg)}-{cfg.backbone.arch.split('.')[0]}"  # fractal-resnet18, dead_leaves-resnet18
+    provenance.log_backbone_model(run_id, name, backbone_model_tags(record.export_dir, cfg),
+                                  backbone_model_params(record.export_dir, cfg),
+                                  logged_export=bool(cfg.pretrain.log_export),
+                                  register_as=cfg.mlflow.get("register_backbone"))
+
+
+def backbone_model_tags(export_dir: Path, cfg: DictConfig) -> dict[str, str]:
+    """What identifies a fractal export's LoggedModel: the arm's recipe hash, its named recipe and
+    budget, the code, the seed and the weights' digest (the same weights wherever they are stored)."""
+    return {"pretrain_hash": pretrain_hash(cfg), "source": source_label(cfg), "code_version": provenance.code_version(),
+            "seed": str(cfg.seed),
+            "arch": str(cfg.backbone.arch), "recipe": str(cfg.pretrain.get("recipe") or "-"),
+            "pretrain_steps": str(cfg.pretrain.max_steps), "weights_digest": str(export_digest(export_dir))}
+
+
+def backbone_model_params(export_dir: Path, cfg: DictConfig) -> dict[str, str]:
+    """An export's recipe (the scalar source, pretrain and optim settings, as the pretrain
+    run's params) and the input statistics its weights were trained with (``input_mean``,
+    ``input_std``, as the export's config.json records them and detect runs log them)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    params = {"backbone.arch": cfg.backbone.arch, "seed": cfg.seed}
+    for group in recipe_groups(cfg):  # fractal, pretrain, optim (no fractal group for other sources)
+        params.update(scalar_params(resolved.get(group) or {}, prefix=f"{group}."))
+    stats = read_export(export_dir, split_model_name_tag(cfg.backbone.arch)[0]).get("pretrained_cfg", {})
+    params.update(input_mean=str(tuple(stats.get("mean", ()))), input_std=str(tuple(stats.get("std", ()))))
+    return {k: str(v) for k, v in params.items()}
 
 
 def log_backbone(backbone, normalization: str, model_id: str | None) -> None:

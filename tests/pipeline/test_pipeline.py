@@ -163,24 +163,44 @@ def test_sweepers_get_a_validation_quantity_never_a_test_metric(two_runs, tiny_c
 
 def test_a_backbone_from_mlflow_detects_as_its_export_on_disk(two_runs, tmp_path):
     """``backbone.weights=runs:/<pretrain run id>`` (the multi-GPU workflow: pre-train once, sweep
-    detectors on the logged export): the detect stage fetches the pretrain run's logged export, names
-    that run as its upstream, and scores exactly as the same export read from disk."""
+    detectors on the logged export) and ``models:/<model id>`` (the export's LoggedModel, as the
+    Models view lists it): the detect stage fetches the pretrain run's logged export, names that run
+    and model as its upstream, scores exactly as the same export read from disk, and counts as the
+    same report arm. The registry form: tests/pipeline/test_models_reuse.py."""
+    import mlflow
     from conftest import compose_config
 
     from fractal_pretrain.export import export_digest
 
-    cfgs, metrics, runs = two_runs
+    cfgs, _, runs = two_runs
     pretrain = runs[(runs["tags.stage"] == "pretrain")].iloc[0]
     local = Path(cfgs[0].paths.output_dir) / "pretrain" / "backbone"
     data = Path(cfgs[0].paths.data_dir)
+    mlflow.set_tracking_uri(cfgs[0].mlflow.tracking_uri)
+    (model,) = mlflow.search_logged_models(experiment_ids=[pretrain["experiment_id"]], output_format="list",
+                                           filter_string=f"source_run_id = '{pretrain['run_id']}'")
+    # the model carries its recipe, the input statistics and what its weights are
+    assert model.params["pretrain.max_steps"] == "4" and model.params["fractal.num_classes"] == "3"
+    assert model.params["input_mean"] == "(0.2, 0.2, 0.2)" and model.params["input_std"] == "(0.5, 0.5, 0.5)"
+    assert model.tags["weights_digest"] == export_digest(local)
+
     store = [f"mlflow.tracking_uri={cfgs[0].mlflow.tracking_uri}", "stages=[detect]"]
     fetched = run_pipeline(compose_config(tmp_path / "a", f"backbone.weights=runs:/{pretrain['run_id']}", *store,
                                           data_dir=data))
+    by_model = run_pipeline(compose_config(tmp_path / "m", f"backbone.weights=models:/{model.model_id}", *store,
+                                           data_dir=data))
     on_disk = run_pipeline(compose_config(tmp_path / "b", f"backbone.weights={local}", *store, data_dir=data))
-    assert fetched == {**on_disk, **{k: fetched[k] for k in fetched if k.endswith(("_seconds", "peak_rss_mb"))}}
-    (download,) = (tmp_path / "a" / "job" / "upstream").rglob("model.safetensors")
-    assert export_digest(download.parent) == export_digest(local)
+    timings = ("_seconds", "peak_rss_mb")
+    for reused in (fetched, by_model):
+        assert reused == {**on_disk, **{k: reused[k] for k in reused if k.endswith(timings)}}
+    for job in ("a", "m"):
+        (download,) = (tmp_path / job / "job" / "upstream").rglob("model.safetensors")
+        assert export_digest(download.parent) == export_digest(local)
     detects = runs_of(cfgs[0].mlflow.tracking_uri)
-    detects = detects[(detects["tags.stage"] == "detect") & detects["tags.weights"].str.contains("upstream", na=False)]
-    assert list(detects["tags.pretrain_run_id"]) == [pretrain["run_id"]]
-    assert set(detects["tags.backbone_model_id"]) != {None}  # the pretrain run's LoggedModel
+    detects = detects[(detects["tags.stage"] == "detect") & ~detects["run_id"].isin(runs["run_id"])]  # these three
+    reused = detects[detects["tags.weights"].str.contains("upstream")]
+    assert list(reused["tags.pretrain_run_id"]) == [pretrain["run_id"]] * 2
+    assert set(reused["tags.backbone_model_id"]) == {model.model_id}  # the pretrain run's LoggedModel
+    assert detects["tags.pretrain_hash"].nunique() == 1  # the same weights: one arm, however named
+    linked = {m.run_id for m in mlflow.get_logged_model(model.model_id).metrics if m.key == "image_AUROC"}
+    assert set(reused["run_id"]) <= linked  # the detect metrics reached on the model
