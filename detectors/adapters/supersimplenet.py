@@ -67,7 +67,7 @@ class Supersimplenet(AnomalibSupersimplenet):
         if side <= PERLIN_MAX_SCALE // 2:
             raise ValueError(f"SuperSimpleNet's feature map would be {side} cells on its shorter side at input "
                              f"{tuple(self.input_size)} with layers {list(layers)}; anomalib's Perlin masks need more "
-                             f"than {PERLIN_MAX_SCALE // 2}: use an input of at least {reduction * 9} px")
+                             f"than {PERLIN_MAX_SCALE // 2}: use an input of at least {reduction * 8 + 1} px")
         self.supervised = supervised
         stop_grad, self.norm_clip_val = (False, 1) if supervised else (True, 0)  # as upstream
         self.model = TimmSupersimplenetModel(perlin_threshold, backbone, layers, pre_trained, stop_grad,

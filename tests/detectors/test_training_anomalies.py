@@ -110,3 +110,19 @@ def test_glass_keeps_a_random_backbone_frozen(tmp_path):
     assert model.model.input_shape == (64, 64)  # from the pre-processor, not anomalib's 288
     # the pre-processor's statistics undo the normalisation before blending textures in [0, 1]
     assert model.model._img_mean.flatten().tolist() == [0.5] * 3
+
+
+def test_supersimplenet_refuses_a_feature_map_too_small_for_anomalibs_perlin_noise(tmp_path):
+    """At 64 px, layer2 (stride 8) upscaled x2 is 16 x 16: anomalib's Perlin noise then fails at
+    random (a scale of 32 cells on 16 pixels), so the adapter refuses it up front, with the size to use."""
+    from anomalib.pre_processing import PreProcessor
+    from torchvision.transforms.v2 import Resize
+
+    from pipeline.detect import build_from_config
+
+    cfg = compose_config(tmp_path, "detector=supersimplenet")
+    with pytest.raises(ValueError, match=r"16 cells.*at least 65 px"):
+        build_from_config(dict(cfg.detector.model), backbone_of("random", tmp_path),
+                          pre_processor=PreProcessor(transform=Resize((64, 64))))
+    build_from_config(dict(cfg.detector.model), backbone_of("random", tmp_path),
+                      pre_processor=PreProcessor(transform=Resize((72, 72))))
