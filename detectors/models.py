@@ -4,12 +4,16 @@ A detector config names the class it builds (``_target_: anomalib.models.Padim``
 ``detectors.adapters`` where anomalib's class cannot take our backbone) with the study's settings.
 ``build_detector`` maps our ``Backbone`` onto it: the timm name (``local-dir:<export>`` for our own
 weights), ``pre_trained``, layer names resolved for the backbone family (detectors.layers), and what
-a model cannot infer for an arbitrary backbone (PaDiM's ``n_features``). Models that have no
+a model cannot infer for an arbitrary backbone (PaDiM's ``n_features``), and, for models that train
+on texture-based synthetic anomalies (GLASS), the folder of those textures. Models that have no
 swappable backbone are listed in ``UNSUPPORTED`` with the reason.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,10 +43,14 @@ PADIM_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}
 PADIM_FRACTION = 0.3
 
 
-def build_detector(cls: type, kwargs: dict[str, Any], backbone: Backbone, **components: Any) -> nn.Module:
+def build_detector(cls: type, kwargs: dict[str, Any], backbone: Backbone,
+                   anomaly_source: Callable[[], Path | None] | None = None, **components: Any) -> nn.Module:
     """The anomalib model class ``cls`` with its settings ``kwargs``, on ``backbone``.
 
-    ``components`` are anomalib's auxiliary parts (pre_processor, evaluator, ...), passed through.
+    ``anomaly_source``: gives the folder of texture images that a model with an
+    ``anomaly_source_path`` (GLASS) blends into its training anomalies (None: Perlin noise); called
+    only for such a model, so other detectors never render textures. ``components`` are anomalib's
+    auxiliary parts (pre_processor, evaluator, ...), passed through.
     """
     kwargs = dict(kwargs)
     if cls.__name__ in UNSUPPORTED:
@@ -60,6 +68,8 @@ def build_detector(cls: type, kwargs: dict[str, Any], backbone: Backbone, **comp
                           f"(conf/detector/ does).")
     if ours:  # our adapters build the architecture's own layers too
         kwargs["arch"] = backbone.arch
+    if "anomaly_source_path" in inspect.signature(cls).parameters and "anomaly_source_path" not in kwargs:
+        kwargs["anomaly_source_path"] = anomaly_source() if anomaly_source else None
     if cls.__name__ == "Patchcore" and cls.__module__.startswith("anomalib."):
         from detectors.adapters.patchcore import (
             Patchcore as cls,  # the coreset selection a CPU can afford

@@ -45,6 +45,21 @@ PRIVATE = (
     "anomalib.models.image.cfa.anomaly_map:AnomalyMapGenerator",
     "anomalib.models.image.cfa.loss:CfaLoss",
     "anomalib.models.components:DynamicBufferMixin",
+    # detectors/adapters/glass.py: the texture list it sorts, and the flags and extractor it freezes
+    "anomalib.models.image.glass.torch_model:GlassModel#augmentor",
+    "anomalib.models.image.glass.torch_model:GlassModel#pre_trained",
+    "anomalib.models.image.glass.torch_model:GlassModel#forward_modules",
+    "anomalib.models.image.glass.lightning_model:Glass#pre_trained",
+    "anomalib.data.utils.generators.perlin:PerlinAnomalyGenerator#anomaly_source_paths",
+    "anomalib.models.components.feature_extractors.timm:TimmFeatureExtractor#requires_grad",
+    # detectors/adapters/supersimplenet.py
+    "anomalib.models.image.supersimplenet.torch_model:SupersimplenetModel",
+    "anomalib.models.image.supersimplenet.torch_model:UpscalingFeatureExtractor",
+    "anomalib.models.image.supersimplenet.torch_model:FeatureAdapter",
+    "anomalib.models.image.supersimplenet.torch_model:SegmentationDetectionModule",
+    "anomalib.models.image.supersimplenet.torch_model:AnomalyMapGenerator",
+    "anomalib.models.image.supersimplenet.anomaly_generator:AnomalyGenerator",
+    "anomalib.models.image.supersimplenet.loss:SSNLoss",
     # pipeline/launch.py: Lightning's own reading of the process's rank from the environment
     "lightning.fabric.utilities.rank_zero:_get_rank",
     # hydra_plugins/fractal_ad_sweeper: the basic sweeper it extends, and the two methods it overrides
@@ -62,6 +77,12 @@ BYPASSED_INITS = {
     "detectors.adapters.cfa:TimmDescriptor": "anomalib.models.image.cfa.torch_model:Descriptor",
     "detectors.adapters.cfa:TimmCfaModel": "anomalib.models.image.cfa.torch_model:CfaModel",
     "detectors.adapters.cfa:Cfa": "anomalib.models.image.cfa.lightning_model:Cfa",
+    "detectors.adapters.supersimplenet:TimmUpscalingFeatureExtractor":
+        "anomalib.models.image.supersimplenet.torch_model:UpscalingFeatureExtractor",
+    "detectors.adapters.supersimplenet:TimmSupersimplenetModel":
+        "anomalib.models.image.supersimplenet.torch_model:SupersimplenetModel",
+    "detectors.adapters.supersimplenet:Supersimplenet":
+        "anomalib.models.image.supersimplenet.lightning_model:Supersimplenet",
 }
 
 

@@ -20,7 +20,7 @@ from detectors.fit import DetectRecord, Selection, fit_and_test, input_transform
 from detectors.models import build_detector
 from evaluation.datasets.builtin import make_builtin_dataset
 from evaluation.datasets.layouts import validate_folder, validate_layout, validate_real_iad
-from evaluation.datasets.textures import write_fractal_textures
+from evaluation.datasets.textures import TRAINING_SEED, write_fractal_textures
 from evaluation.metrics import RawScorePostProcessor, study_evaluator
 from evaluation.plots import NormalisedVisualizer
 from pipeline.config import seed_stage
@@ -57,6 +57,7 @@ class DetectSpec:
     max_epochs: int
     batch_sizes: dict[str, int]  # a detector's own batch sizes over the dataset's
     fit_on_all_normals: bool
+    anomaly_source: dict[str, Any]  # ``textures`` (fractal, a folder, None) and ``fractal_dir``: GLASS's training textures
     aupro_fpr_limit: float
     anomaly_maps: bool
     log_images: int
@@ -73,11 +74,15 @@ class Detected:
 def detect_spec(cfg: DictConfig) -> DetectSpec:
     det = cfg.detector
     sel = det.get("selection")
+    source = OmegaConf.to_container(det.anomaly_source, resolve=True)
+    if source["textures"] not in ("fractal", None) and not Path(source["textures"]).is_dir():
+        raise ConfigError(f"detector.anomaly_source.textures={source['textures']} is not a folder; give a folder of "
+                          f"images (DTD: /abs/path/to/dtd/images), 'fractal' or null")
     return DetectSpec(
         cfg.seed, det.name, OmegaConf.to_container(det.model, resolve=True), bool(det.get("center_crop")),
         Selection(sel.monitor, sel.mode, sel.get("patience")) if sel else None, det.get("max_epochs", 1),
         {k: det[k] for k in ("train_batch_size", "eval_batch_size") if det.get(k)},
-        bool(det.get("fit_on_all_normals", False)), det.aupro_fpr_limit, det.anomaly_maps, det.log_images,
+        bool(det.get("fit_on_all_normals", False)), source, det.aupro_fpr_limit, det.anomaly_maps, det.log_images,
         cfg.trainer.accelerator, bool(cfg.get("verbose", False)))
 
 
@@ -144,6 +149,15 @@ def anomaly_textures(d: DictConfig) -> Path | None:
     return Path(textures) if textures else None
 
 
+def training_textures(source: dict[str, Any]) -> Path | None:
+    """The folder of the textures a detector blends into its training anomalies
+    (``detector.anomaly_source``): the fractal training textures (``TRAINING_SEED``: none of them is a
+    validation anomaly's texture), rendered on first use, or the user's folder; None: Perlin noise."""
+    if source["textures"] == "fractal":
+        return write_fractal_textures(source["fractal_dir"], seed=TRAINING_SEED)
+    return Path(source["textures"]) if source["textures"] else None
+
+
 def prepare_dataset(d: DictConfig) -> PreparedDataset:
     """Everything about the ``dataset`` group that can fail before a model exists: the input size and
     crop, the built-in dataset (built on first use), the layout on disk, the validation anomalies'
@@ -178,7 +192,8 @@ def detect(spec: DetectSpec, backbone: Backbone, dataset: PreparedDataset, out_d
     def build():  # seeded each time: the refit of training-free detectors is the same model again
         seed_stage(spec.seed)
         # threshold-free metrics on raw scores; the F1 threshold and the drawn maps' scale come from validation
-        return build_from_config(spec.model, backbone, pre_processor=pre_processor,
+        return build_from_config(spec.model, backbone, anomaly_source=lambda: training_textures(spec.anomaly_source),
+                                 pre_processor=pre_processor,
                                  post_processor=RawScorePostProcessor(), visualizer=NormalisedVisualizer(),
                                  evaluator=study_evaluator(spec.aupro_fpr_limit, pixel=dataset.has_masks,
                                                            maps=spec.anomaly_maps))

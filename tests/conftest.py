@@ -14,6 +14,7 @@ os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="fractal-ad-tests-torch-")
 # The validation anomalies' fractal textures are the same bytes wherever rendered (tested in
 # test_val_anomalies.py): one folder for the session instead of a second of rendering per test.
 TEXTURES = Path(tempfile.mkdtemp(prefix="fractal-ad-tests-textures-")) / "fractal"
+TRAINING_TEXTURES = TEXTURES.with_name("fractal_train")  # GLASS's (detector.anomaly_source)
 
 import mlflow
 import pytest
@@ -32,7 +33,7 @@ TINY = ["+debug=tiny", "~local"]
 def compose_config(out_dir: Path, *overrides: str, data_dir: Path | None = None) -> DictConfig:
     """The real config tree with TINY sizes, every output (MLflow store included) under ``out_dir``."""
     paths = [f"paths.outputs_dir={out_dir}", f"paths.output_dir={out_dir}/job",
-             f"dataset.val_anomalies.fractal_dir={TEXTURES}"]
+             f"dataset.val_anomalies.fractal_dir={TEXTURES}", f"detector.anomaly_source.fractal_dir={TRAINING_TEXTURES}"]
     if data_dir is not None:
         paths.append(f"paths.data_dir={data_dir}")
     with initialize_config_dir(CONF_DIR, version_base="1.3"):

@@ -5,4 +5,5 @@ for these models. PatchCore is the exception: configs name anomalib's class, and
 builds ours, which differs only in how the coreset is selected (the same indices, faster)."""
 
 # anomalib class name -> the module here that adapts it
-ADAPTED = {"Fastflow": "fastflow", "Stfpm": "stfpm", "ReverseDistillation": "reverse_distillation", "Cfa": "cfa"}
+ADAPTED = {"Fastflow": "fastflow", "Stfpm": "stfpm", "ReverseDistillation": "reverse_distillation", "Cfa": "cfa",
+           "Glass": "glass", "Supersimplenet": "supersimplenet"}

@@ -15,6 +15,9 @@ a bank's stream ``i`` is ``SeedSequence([seed, 0x1F5, i])`` with no spawn key, a
 spawn key in after the entropy padded to four words, so no bank seed reaches these streams
 (tests/test_texture_streams.py checks every shipped fractal recipe and seeds 0-9 system by system).
 
+``seed`` picks the set: ``VALIDATION_SEED`` for the validation anomalies, ``TRAINING_SEED`` for the
+anomalies detectors train on; the two share no system (tests/evaluation/test_texture_streams.py).
+
     <folder>/textures.json   generation parameters (reuse check)
     <folder>/000.png ...     ``count`` RGB textures of ``size`` x ``size`` pixels
 """
@@ -36,6 +39,12 @@ from fractal_pretrain.fractals.render import RenderConfig, derive_key, render_ke
 FORMAT_VERSION = 2  # 2: systems from TEXTURE_STREAM, apart from every pre-training bank
 PARAMS_FILE = "textures.json"
 TEXTURE_STREAM = 0x7E57  # the spawn-key word naming the texture stream; no bank stream carries one
+# Two fixed sets of the same stream: the synthetic validation anomalies' textures, and the textures
+# of the synthetic anomalies a detector trains on (GLASS's local anomaly synthesis). Apart, so that
+# the validation split, which selects such a detector's epoch, never shows it a texture it was
+# trained to find (validation then measures unseen textures of the same family, not memorisation).
+VALIDATION_SEED = 0
+TRAINING_SEED = 1
 
 
 def texture_system(i: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

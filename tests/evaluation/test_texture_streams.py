@@ -1,5 +1,6 @@
-"""The validation anomalies' fractal textures share no IFS system with any pre-training bank that the
-shipped configs can sample (issue 22: format 1 of the textures was the seed-0 bank itself)."""
+"""The validation anomalies' fractal textures, and the training anomalies' (GLASS), share no IFS system
+with any pre-training bank that the shipped configs can sample (issue 22: format 1 of the textures
+was the seed-0 bank itself), nor with each other."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from evaluation.datasets.textures import TEXTURE_STREAM, texture_system
+from evaluation.datasets.textures import TEXTURE_STREAM, TRAINING_SEED, VALIDATION_SEED, texture_system
 from fractal_pretrain.fractals.ifs import MAX_MAPS, sample_bank, sample_system
 from tests.conftest import CONF_DIR
 
@@ -54,8 +55,19 @@ def bank_streams(recipes, limit: int | None = None) -> dict[tuple[str, int], int
     return longest
 
 
-def texture_systems(draw=texture_system) -> dict[tuple, int]:
-    return {_key(*draw(i)): i for i in range(TEXTURES)}
+TEXTURE_SEEDS = (VALIDATION_SEED, TRAINING_SEED)
+
+
+def texture_systems(draw=None) -> dict[tuple, int]:
+    """Every texture system (both sets unless ``draw`` gives one), keyed by its parameters."""
+    draws = [draw] if draw else [lambda i, s=s: texture_system(i, s) for s in TEXTURE_SEEDS]
+    return {_key(*d(i)): i for d in draws for i in range(TEXTURES)}
+
+
+def test_training_and_validation_textures_share_no_system():
+    validation = texture_systems(lambda i: texture_system(i, VALIDATION_SEED))
+    training = texture_systems(lambda i: texture_system(i, TRAINING_SEED))
+    assert len(validation) == len(training) == TEXTURES and not validation.keys() & training.keys()
 
 
 def _key(A: np.ndarray, b: np.ndarray) -> tuple:
@@ -78,7 +90,7 @@ def test_no_texture_system_is_a_system_of_a_built_in_scale_bank(recipes):
     option, seeds 0-9: their banks, sampled by ``sample_bank`` as the generate stage does, hold none
     of the 64 texture systems. The same check finds the old textures (the seed-0 bank's streams)."""
     textures = texture_systems()
-    assert len(textures) == TEXTURES  # 64 distinct systems
+    assert len(textures) == 2 * TEXTURES  # 64 distinct systems per set
     for (sampler, seed), n in bank_streams(recipes, limit=1000).items():
         bank = sample_bank(n, 1, seed=seed, sampler=sampler)
         shared = [i for i in range(n) if _key(*bank.system(i)) in textures]
@@ -100,8 +112,8 @@ def test_no_texture_system_is_a_system_of_a_study_scale_bank(recipes):
         return np.random.default_rng([seed, 0x1F5, i])
 
     textures = texture_systems()
-    heads = {head(np.random.default_rng(np.random.SeedSequence(0, spawn_key=(TEXTURE_STREAM, i))))
-             for i in range(TEXTURES)}
+    heads = {head(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(TEXTURE_STREAM, i))))
+             for seed in TEXTURE_SEEDS for i in range(TEXTURES)}
     candidates = 0
     for (sampler, seed), n in bank_streams(recipes).items():
         for i in range(n):
