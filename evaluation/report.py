@@ -389,6 +389,15 @@ def resolvable(units: int) -> bool:
     return units >= 1 and 2.0 / 2 ** units <= ALPHA
 
 
+def seeds_to_resolve(comparisons: int) -> int:
+    """The fewest seeds with which the smallest of ``comparisons`` Holm-adjusted exact p values can
+    reach ALPHA (comparisons x 2/2^n <= ALPHA): 7 for the study's three comparisons."""
+    n = 1
+    while comparisons * 2.0 / 2**n > ALPHA:
+        n += 1
+    return n
+
+
 def reading(a: str, b: str, mean: float, low: float, high: float, p_holm: float, units: int) -> str:
     """``a > b`` / ``a < b`` where the units carry it (interval clear of 0 and Holm p <= ALPHA),
     otherwise ``not resolved with N seeds``."""
@@ -507,6 +516,7 @@ def markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None,
              for r in split.itertuples()])
     if comparisons is not None and not comparisons.empty:
         versions = comparisons["code_version"].nunique() > 1
+        family = int(comparisons.groupby(["detector", "dataset", "arch", "code_version", "metric"]).size().max())
         lines += _section(
             "Paired comparison, one unit per seed (a seed is one pre-training or init, shared by every category; "
             "an ImageNet arm is paired by seed too, its seed drives the detector's draws): each arm's category "
@@ -514,8 +524,8 @@ def markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None,
             "version. mean diff a - b; 95% CI: paired Student-t interval over seeds; Wilcoxon p: exact two-sided "
             "signed-rank p over seeds (all 2^n sign flips; zero differences ranked, Pratt); it cannot go below "
             "2/2^n (0.25 with 3 seeds, 0.0625 with 5, 0.031 with 6). Holm p: Holm-adjusted over the comparisons "
-            "of one detector x dataset x arch x metric (three sources: three comparisons, so 7 seeds before "
-            "anything can resolve). reading: a > b or a < b only where the interval excludes 0 "
+            f"of one detector x dataset x arch x metric (here up to {family}, so {seeds_to_resolve(family)} seeds "
+            "before anything can resolve). reading: a > b or a < b only where the interval excludes 0 "
             "and the Holm p is at most 0.05, else 'not resolved with N seeds'. Per-category differences "
             "(paired.csv `diff:` columns) are description, never units.",
             ["detector", "dataset", "arch", *(["code"] if versions else []), "a - b", "metric", "units (seeds)",

@@ -147,6 +147,16 @@ def test_seven_seeds_with_a_clear_difference_resolve_and_holm_adjusts_the_family
     assert set(report.paired(six)["reading"]) == {"not resolved with 6 seeds"}
 
 
+def test_the_legend_names_the_seeds_its_family_of_comparisons_needs():
+    """The paired table's legend says how many seeds can resolve anything, for the family size at
+    hand: the fewest n at which k clear seed-level wins (exact p 2/2^n each) survive Holm over k."""
+    for k in (1, 3, 6, 15):
+        n = report.seeds_to_resolve(k)
+        wins = [report.seed_test(np.arange(m) + 1.0, np.zeros(m))[3] for m in (n - 1, n)]
+        assert report.holm([wins[1]] * k).min() <= report.ALPHA < report.holm([wins[0]] * k).min()
+    assert report.seeds_to_resolve(3) == 7
+
+
 def test_zero_differences_and_float_ties_are_handled_exactly():
     """Float32 AUROCs that tie (ninths) and a seed where the arms are equal: the p equals an
     enumeration of every sign flip over the rounded differences (ties share ranks, the zero is
