@@ -42,10 +42,6 @@ class Units:
     def __len__(self) -> int:
         return len(self.labels)
 
-    @property
-    def num_classes(self) -> int:
-        return int(self.labels.max()) + 1
-
     def class_systems(self, c: int) -> np.ndarray:
         return np.flatnonzero(self.labels == c)
 

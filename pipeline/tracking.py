@@ -127,8 +127,8 @@ def stage_logger(anomalib: bool = False):
 
 def log_generate(record) -> None:
     """The generate stage's figures, what defines its source (the stored systems, classes or image
-    listing) and the preview grid."""
-    folder = "fractals" if record.source.name == "fractal" else record.source.name
+    listing) and the preview grid, under the name of the folder the stage wrote them to."""
+    folder = record.bank_path.parent.name  # fractals/, dead_leaves/, ...: the job folder's layout
     mlflow.log_metrics(record.metrics)
     mlflow.log_artifact(str(record.bank_path), folder)
     mlflow.log_artifact(str(record.preview_path), folder)

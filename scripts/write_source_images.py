@@ -32,7 +32,8 @@ from pipeline.generate import generate_spec, make_source
 
 def write_images(source, seed: int, per_class: int, out: Path) -> Path:
     """``per_class`` training images of each class of ``source`` into ``out/<class>/<i>.png``."""
-    units_per_class = max(len(source.images(seed, 1, TRAIN).bank.class_systems(c)) for c in range(source.num_classes))
+    units = source.images(seed, 1, TRAIN).bank  # systems, classes or files, and the class of each
+    units_per_class = max(len(units.class_systems(c)) for c in range(source.num_classes))
     data = source.images(seed, max(1, -(-per_class // units_per_class)), TRAIN)
     names = getattr(source, "classes", None)
     tmp = out.with_name(out.name + ".partial")
