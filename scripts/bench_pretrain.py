@@ -70,9 +70,9 @@ def first_batch(cfg, batch: int):
     """One batch of the training renders, as the pipeline's loader makes it (and the loader's rate)."""
     from torch.utils.data import DataLoader
 
-    from pipeline.generate import generate_spec, make_source
     from fractal_pretrain.datamodule import EpochSampler
     from fractal_pretrain.datasets import TRAIN
+    from pipeline.generate import generate_spec, make_source
 
     p = cfg.pretrain
     source = make_source(generate_spec(cfg))  # fractals, or pretrain/source=...

@@ -187,6 +187,7 @@ def test_a_sources_images_written_to_a_folder_load_back_as_an_image_folder(tmp_p
     import sys
 
     from conftest import CONF_DIR
+
     from pipeline.generate import generate_spec, make_source
 
     script = Path(CONF_DIR).parent / "scripts" / "write_source_images.py"
